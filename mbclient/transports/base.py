@@ -1,0 +1,99 @@
+"""The one request API every transport offers, and the per-unit health counters.
+
+A ``Link`` moves request PDUs to a unit and returns the reply PDU. It owns framing,
+arbitration (one frame on an RS-485 line at a time), late-byte hygiene and statistics.
+``UnitClient`` is what a device task holds: typed helpers over one unit of one link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..modbus.pdu import READ_HOLDING, READ_INPUT, Request
+
+
+@dataclass(slots=True)
+class UnitStats:
+    """Health of one unit as seen by its link. Published under /Mgmt/Stats and /metrics."""
+
+    transactions: int = 0  # completed with a valid reply (including exception replies)
+    timeouts: int = 0
+    frame_errors: int = 0  # bad CRC/LRC, wrong unit/function/length, noise
+    exceptions: int = 0  # Modbus exception replies
+    latency: float | None = None  # filtered request->reply seconds (EMA)
+    latency_buckets: dict[float, int] = field(default_factory=dict)  # histogram, upper bound -> count
+
+    def record_latency(self, seconds: float, alpha: float = 0.2) -> None:
+        self.latency = seconds if self.latency is None else self.latency + alpha * (seconds - self.latency)
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                self.latency_buckets[bound] = self.latency_buckets.get(bound, 0) + 1
+                break
+        else:
+            self.latency_buckets[float("inf")] = self.latency_buckets.get(float("inf"), 0) + 1
+
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@runtime_checkable
+class Link(Protocol):
+    """A transport to one or more units (a serial port, a TCP/UDP endpoint)."""
+
+    name: str  # human text for /Mgmt/Connection, e.g. "Modbus RTU ttyUSB0"
+
+    async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
+        """Send ``request`` to ``unit`` and return the registers of its checked reply.
+
+        ``timeout`` is the caller's own deadline for the reply (not counting time spent
+        waiting for the bus). ``priority`` puts the request ahead of queued normal ones
+        (control writes): it waits for at most the transaction already in flight.
+        Raises ModbusTimeout, FrameError, ModbusExceptionResponse or LinkDown. The link
+        checks unit, CRC/LRC/MBAP and ``request.check_reply`` itself (so it can count
+        frame errors and exceptions); writes return [].
+        Cancellation leaves the link clean for the next caller.
+        """
+        ...
+
+    def stats(self, unit: int) -> UnitStats: ...
+
+    async def aclose(self) -> None: ...
+
+
+class UnitClient:
+    """Typed register access to one unit. Drivers and device tasks use only this."""
+
+    def __init__(self, link: Link, unit: int) -> None:
+        self.link = link
+        self.unit = unit
+
+    @property
+    def stats(self) -> UnitStats:
+        return self.link.stats(self.unit)
+
+    async def _do(self, request: Request, timeout: float, priority: bool = False) -> list[int]:
+        return await self.link.transact(self.unit, request, timeout=timeout, priority=priority)
+
+    async def read(self, function: int, address: int, count: int, *, timeout: float) -> list[int]:
+        return await self._do(Request.read(function, address, count), timeout)
+
+    async def read_holding(self, address: int, count: int, *, timeout: float) -> list[int]:
+        return await self.read(READ_HOLDING, address, count, timeout=timeout)
+
+    async def read_input(self, address: int, count: int, *, timeout: float) -> list[int]:
+        return await self.read(READ_INPUT, address, count, timeout=timeout)
+
+    async def write_register(self, address: int, value: int, *, timeout: float, priority: bool = False) -> None:
+        await self._do(Request.write_single(address, value), timeout, priority)
+
+    async def write_registers(
+        self, address: int, values: list[int], *, timeout: float, priority: bool = False
+    ) -> None:
+        await self._do(Request.write_multiple(address, values), timeout, priority)
+
+    async def read_write(
+        self, read_address: int, read_count: int, write_address: int, values: list[int], *,
+        timeout: float, priority: bool = False,
+    ) -> list[int]:
+        return await self._do(Request.read_write(read_address, read_count, write_address, values), timeout, priority)

@@ -1,0 +1,1 @@
+"""Fixtures for a private dbus-daemon (owned by the D-Bus room)."""

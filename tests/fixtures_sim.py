@@ -1,0 +1,1 @@
+"""Fixtures for the simulated Modbus bus (owned by the simulator room)."""
