@@ -193,8 +193,10 @@ class ItemStore:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def on_structure_change(self, callback: Callable[[], None]) -> None:
+    def on_structure_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` when a path is added or removed. Returns an unsubscribe."""
         self._structure_listeners.append(callback)
+        return lambda: self._structure_listeners.remove(callback)
 
     # -- remote writes (SetValue) --------------------------------------------------------------
     def write(self, path: str, raw: Any) -> int:

@@ -23,9 +23,11 @@ class UnitStats:
     exceptions: int = 0  # Modbus exception replies
     latency: float | None = None  # filtered request->reply seconds (EMA)
     latency_buckets: dict[float, int] = field(default_factory=dict)  # histogram, upper bound -> count
+    latency_sum: float = 0.0  # total of every recorded latency (the histogram's _sum in /metrics)
 
     def record_latency(self, seconds: float, alpha: float = 0.2) -> None:
         self.latency = seconds if self.latency is None else self.latency + alpha * (seconds - self.latency)
+        self.latency_sum += seconds
         for bound in LATENCY_BUCKETS:
             if seconds <= bound:
                 self.latency_buckets[bound] = self.latency_buckets.get(bound, 0) + 1

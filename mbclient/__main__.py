@@ -1,0 +1,5 @@
+"""``python -m mbclient``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""``python -m mbclient`` / ``mbclient``: command line compatible with upstream's flags.
+
+Upstream dbus-modbus-client is started by serial-starter as
+``dbus-modbus-client.py -x -s /dev/ttyUSB0`` and by hand with ``-F`` device lists, so the
+same flags must keep working. Any bad input is answered with one line on stderr and exit
+status 2 (never a traceback): this runs under runit, where a traceback scrolls the
+actual reason out of the log.
+
+Exit status: 0 normal stop, 1 fatal error (``-x``), 2 bad input, 3 event loop stalled,
+4 memory ceiling exceeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .errors import ConfigError
+from .runtime.config import MB, RuntimeConfig
+from .spec import STANDARD_BAUDS, DeviceSpec, parse_spec, parse_specs
+
+PROG = "mbclient"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage block before its error; we print one line only."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog=PROG,
+        description="Read Modbus energy meters and PV inverters and publish them on D-Bus (Victron Venus OS).",
+        epilog="Device spec: method:target:rate_or_port:unit[:model], e.g. rtu:ttyUSB0:9600:1:growatt_min. "
+        "Exit status: 0 stop, 1 fatal error (-x), 2 bad input, 3 event loop stalled, 4 memory ceiling.",
+    )
+    p.add_argument("-s", "--serial", metavar="TTY", help="serial port of this instance (name under /dev or a path); "
+                   "its devices come from /Settings/ModbusClient/<tty>/Devices")
+    p.add_argument("-r", "--rate", type=int, action="append", metavar="BAUD",
+                   help="baud rate of the serial port (repeatable, as upstream)")
+    p.add_argument("-m", "--mode", choices=("rtu", "ascii"), default="rtu", help="serial framing (default rtu)")
+    p.add_argument("-F", "--force-devices", action="append", metavar="SPECS",
+                   help="comma list of device specs to run in addition to the saved list (repeatable)")
+    p.add_argument("-x", "--exit", action="store_true", help="exit on any device error (runit restarts)")
+    p.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    p.add_argument("--models", action="store_true", help="list supported device models and exit")
+    p.add_argument("-P", "--probe", action="append", metavar="SPEC",
+                   help="identify a device, print its information and exit (repeatable)")
+    p.add_argument("--dbus", metavar="ADDRESS", help="D-Bus address (default: session bus if "
+                   "DBUS_SESSION_BUS_ADDRESS is set, else the system bus)")
+    p.add_argument("--settings", metavar="FILE", help="serve settings ourselves, stored in FILE "
+                   "(instead of com.victronenergy.settings)")
+    p.add_argument("--max-rss", type=_non_negative_float, default=150.0, metavar="MB",
+                   help="exit cleanly when the resident set exceeds this many MB (default 150, 0: off)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="HTTP port for /metrics (reserved)")
+    p.add_argument("--stall-timeout", type=_non_negative_float, default=30.0, metavar="SECONDS",
+                   help="exit with a stack dump when the event loop is blocked this long (default 30, 0: off)")
+    p.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS",
+                   help="silence before a device shows /Connected=0 (default 10)")
+    p.add_argument("--backoff-cap", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="longest interval between probes of a silent device (default 60)")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def _check_known_model(spec: DeviceSpec) -> None:
+    if spec.model is None:
+        return
+    from .devices import get_model  # late: --help and spec errors must not need the drivers
+
+    try:
+        get_model(spec.model)
+    except (KeyError, LookupError, ConfigError):
+        raise ConfigError(f"unknown model {spec.model!r} in {spec} (see --models)") from None
+
+
+def _serial_path(name: str) -> str:
+    return name if name.startswith("/") else f"/dev/{name}"
+
+
+def _check_port_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"serial port {path} does not exist")
+
+
+def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    """Validate the parsed options and turn them into a RuntimeConfig (ConfigError on bad input)."""
+    for rate in args.rate or ():
+        if rate not in STANDARD_BAUDS:
+            raise ConfigError(f"bad baud rate {rate} (one of {', '.join(map(str, STANDARD_BAUDS))})")
+    specs: list[DeviceSpec] = []
+    for text in args.force_devices or ():
+        specs.extend(parse_specs(text))
+    for spec in specs:
+        _check_known_model(spec)
+    port_name = "tcp"
+    if args.serial is not None:
+        if not args.serial.strip():
+            raise ConfigError("empty serial port name (-s)")
+        path = _serial_path(args.serial)
+        _check_port_exists(path)
+        port_name = os.path.basename(path)
+    for spec in specs:
+        if spec.is_serial:
+            _check_port_exists(spec.device_path)
+    if args.settings is not None:
+        parent = os.path.dirname(os.path.abspath(args.settings))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"settings file directory {parent} does not exist")
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
+        raise ConfigError(f"metrics port {args.metrics_port} outside 1..65535")
+    return RuntimeConfig(
+        bus_address=args.dbus,
+        settings_file=args.settings,
+        port_name=port_name,
+        force_devices=specs,
+        exit_on_error=args.exit,
+        grace=args.grace,
+        backoff_cap=args.backoff_cap,
+        link_down_cap=min(5.0, args.backoff_cap),
+        stall_timeout=args.stall_timeout,
+        max_rss=int(args.max_rss * MB),
+        metrics_port=args.metrics_port,
+    )
+
+
+def setup_logging(debug: bool) -> None:
+    """One line per event, no timestamps of our own: multilog prefixes its TAI64N stamp.
+
+    Per-transaction detail exists only at DEBUG.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s %(message)s"
+    if sys.stderr.isatty():  # by hand on a console: time helps
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def print_models(out=sys.stdout) -> None:
+    """The registry as a table (what ``--models`` prints)."""
+    from .devices import all_models
+
+    rows = [("Model", "Manufacturer", "Product", "Roles")]
+    for m in sorted(all_models(), key=lambda m: m.name):
+        roles = getattr(m, "allowed_roles", None) or (getattr(m, "default_role", ""),)
+        rows.append((m.name, str(getattr(m, "vendor", "") or getattr(m, "manufacturer", "")),
+                     str(getattr(m, "product_name", "")), ",".join(roles)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for n, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.models:
+            print_models()
+            return EXIT_OK
+        if args.probe:
+            specs = [parse_spec(t) for t in args.probe]
+            for spec in specs:
+                _check_known_model(spec)
+                if spec.is_serial:
+                    _check_port_exists(spec.device_path)
+            setup_logging(args.debug)
+            from .runtime.probe import run_probe
+
+            return run_probe(specs)
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.debug)
+    from .runtime.supervisor import run_supervisor
+
+    return run_supervisor(config)

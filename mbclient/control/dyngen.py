@@ -1,0 +1,366 @@
+"""The dynamic generation limit: a zero-export controller attached to one limitable inverter.
+
+``DynamicGeneration(store, limiter, settings, bus_address=..., options=...)`` is built by the
+runtime when an inverter has a power limiter; ``await dyngen.run()`` runs inside that
+device's task group until cancelled. It
+
+* registers its settings under ``/Settings/DynamicGeneration/`` and follows their changes;
+* follows the grid meter, vebus and battery services over D-Bus (:mod:`.inputs`) and the
+  inverter's own ``/Ac/Power`` and ``/Ac/MaxPower`` in its item store;
+* on every input change runs the decision ladder (:mod:`.ladder`) and hands the result to
+  the limiter as ``limiter.request(watts | None, "dyngen")`` — the limiter owns the
+  deadband, the minimum write interval, the priority lane and the read-back;
+* stands aside while Victron's ESS drives ``/Ac/PowerLimit`` (``limiter.ess_active``);
+* publishes on the inverter's service: ``/dynamicGenerationStatus``,
+  ``/dynamicGenerationPower`` (W demanded), ``/dynamicGenerationPowerMax`` (W applied),
+  ``/dynamicGenerationWritesPerHour``, ``/dynamicGenerationFailSafe`` (0/1) and
+  ``/dynamicGenerationInputs`` (which services are followed and their state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol
+
+from ..dbus.settings import Setting as DbusSetting
+from ..errors import ConfigError
+from ..items import Item, ItemStore
+from . import ladder as L
+from .inputs import BATTERY, GRID, VEBUS, InputTracker, RoleView
+
+log = logging.getLogger(__name__)
+
+SOURCE = "dyngen"
+SETTINGS = "/Settings/DynamicGeneration/"
+
+STATUS = "/dynamicGenerationStatus"
+POWER = "/dynamicGenerationPower"
+POWER_MAX = "/dynamicGenerationPowerMax"
+WRITES = "/dynamicGenerationWritesPerHour"
+FAIL_SAFE = "/dynamicGenerationFailSafe"
+INPUTS = "/dynamicGenerationInputs"
+
+
+class Limiter(Protocol):
+    """What the controller needs of ``mbclient.control.limiter.PowerLimiter``."""
+
+    ess_active: bool
+    applied_watts: float | None
+    max_power: float | None
+    writes_per_hour: float
+
+    def request(self, watts: float | None, source: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One localsettings entry: its name under /Settings/DynamicGeneration/, default and
+    range, and the controller attribute it feeds."""
+
+    name: str
+    default: float | int | str
+    min: float | int | None = None
+    max: float | int | None = None
+    field: str | None = None  # LadderSettings field, if any
+
+    @property
+    def path(self) -> str:
+        return SETTINGS + self.name
+
+
+# The seed's two settings keep their names; the rest are new, with the seed's constants as
+# defaults. Types follow the default (localsettings: int → i, float → d, str → s).
+SETTING_TABLE = (
+    Setting("energyDifference", 0.0, -1e6, 1e6, "energy_difference"),
+    Setting("derateGeneration", 0, 0, 1, "derate"),
+    Setting("batterySocThreshold", 90.0, 0.0, 100.0, "soc_threshold"),
+    Setting("batteryOffsetVoltage", 54.5, 0.0, 1000.0, "offset_voltage"),
+    Setting("batteryFullPowerVoltage", 54.0, 0.0, 1000.0, "full_power_voltage"),
+    Setting("batteryChargePowerCeiling", 3200.0, 0.0, 1e6, "charge_power_ceiling"),
+    Setting("batteryDischargeThreshold", -100.0, -1e6, 0.0, "discharge_threshold"),
+    Setting("safeLimit", 0.0, 0.0, 1e6, "safe_limit"),
+    Setting("staleTimeout", 5.0, 0.2, 60.0),
+    Setting("gridService", ""),
+    Setting("vebusService", ""),
+    Setting("batteryService", ""),
+)
+_BY_PATH = {s.path: s for s in SETTING_TABLE}
+_LADDER_FIELDS = {f.name for f in fields(L.LadderSettings)}
+
+
+@dataclass(slots=True)
+class Options:
+    """Per-process tunables (not user settings). Any ``LadderSettings`` field or setting name
+    may also be given to change its default."""
+
+    tick: float = 0.1  # how often silence and ESS activity are re-checked
+    publish_interval: float = 1.0  # applied watts / writes per hour refreshed at least this often
+    call_timeout: float = 1.0  # D-Bus calls of the input tracker
+    defaults: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None) -> Options:
+        opts = cls(defaults={})
+        assert opts.defaults is not None
+        known_settings = {s.name for s in SETTING_TABLE}
+        for key, value in (options or {}).items():
+            if key in ("tick", "publish_interval", "call_timeout"):
+                try:
+                    setattr(opts, key, float(value))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"dynamic generation option {key}={value!r}: not a number") from None
+            elif key in known_settings or key in _LADDER_FIELDS:
+                opts.defaults[key] = value
+            # anything else belongs to the device, not to us
+        return opts
+
+
+class DynamicGeneration:
+    """The controller coroutine of one inverter (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ItemStore,
+        limiter: Limiter,
+        settings: Any | None,
+        *,
+        bus_address: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.settings_client = settings
+        self.bus_address = bus_address
+        self.options = Options.parse(options)
+        defaults = self.options.defaults or {}
+        ladder_defaults = {k: v for k, v in defaults.items() if k in _LADDER_FIELDS}
+        try:
+            self.ladder = L.Ladder(L.LadderSettings(**ladder_defaults))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"dynamic generation: {exc}") from None
+        self.values: dict[str, Any] = {s.path: defaults.get(s.name, s.default) for s in SETTING_TABLE}
+        self.wake = asyncio.Event()
+        self.tracker = InputTracker(
+            bus_address, (GRID, VEBUS, BATTERY),
+            stale_after=float(self.values[SETTINGS + "staleTimeout"]),
+            call_timeout=self.options.call_timeout, tick=self.options.tick, changed=self.wake,
+        )
+        self.last: L.Step | None = None
+        self.evaluations = 0
+        self._ess = False
+        self._held = False  # the last evaluation kept the limit because the grid was quiet
+        self._views: tuple[RoleView, ...] = ()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._unwatch: Callable[[], None] | None = None
+        self._apply_settings()
+        self.add_items()
+
+    # -- items -----------------------------------------------------------------------------------
+    def add_items(self) -> None:
+        """Define our paths on the inverter's service (idempotent; before export if possible)."""
+        s = self.store
+        if STATUS in s:
+            return
+        s.add(STATUS, L.NOT_CONFIGURED, kind=str)
+        s.add(POWER, None, unit="W", precision=0, kind=float)
+        s.add(POWER_MAX, None, unit="W", precision=0, kind=float)
+        s.add(WRITES, 0.0, unit="/h", precision=1, kind=float)
+        s.add(FAIL_SAFE, 0, kind=int)
+        s.add(INPUTS, "", kind=str)
+
+    # -- settings --------------------------------------------------------------------------------
+    async def _register_settings(self) -> None:
+        """Declare our settings (one AddSettings call) and follow their changes."""
+        client = self.settings_client
+        if client is None:
+            return
+        current = await client.add([
+            DbusSetting(s.path, self.values[s.path], s.min, s.max) for s in SETTING_TABLE
+        ])
+        for path, value in current.items():
+            if path in _BY_PATH and value is not None:
+                self.values[path] = value
+        self._unwatch = client.watch(SETTINGS.rstrip("/"), self._setting_changed)
+        self._apply_settings()
+
+    def _setting_changed(self, path: str, value: Any) -> None:
+        if path not in _BY_PATH or value is None:
+            return
+        self.values[path] = value
+        self._apply_settings()
+        self.wake.set()
+
+    def _apply_settings(self) -> None:
+        changes: dict[str, Any] = {}
+        for s in SETTING_TABLE:
+            if s.field is None:
+                continue
+            raw = self.values[s.path]
+            try:
+                changes[s.field] = bool(int(raw)) if s.field == "derate" else float(raw)
+            except (TypeError, ValueError):
+                log.warning("ignoring setting %s=%r", s.path, raw)
+        self.ladder.settings = replace(self.ladder.settings, **changes)
+        t = self.tracker
+        try:
+            t.set_stale_after(max(0.2, float(self.values[SETTINGS + "staleTimeout"])))
+        except (TypeError, ValueError):
+            pass
+        t.prefer("grid", str(self.values[SETTINGS + "gridService"] or "") or None)
+        t.prefer("vebus", str(self.values[SETTINGS + "vebusService"] or "") or None)
+        t.prefer("battery", str(self.values[SETTINGS + "batteryService"] or "") or None)
+
+    # -- run -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Control until cancelled.
+
+        On the way out the limit is left as it is: handing the inverter back to full power
+        while nobody watches the grid meter would be the one unsafe choice.
+        """
+        await self._register_settings()
+        self._unsubscribe = self.store.subscribe(self._on_store_flush)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tracker = tg.create_task(self.tracker.run())
+                ready = asyncio.ensure_future(self.tracker.ready())
+                await asyncio.wait({tracker, ready}, return_when=asyncio.FIRST_COMPLETED)
+                if not ready.done():
+                    ready.cancel()
+                    return  # the tracker failed; the task group re-raises its error
+                await self._loop()
+        finally:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+            if self._unwatch is not None:
+                self._unwatch()
+
+    def _on_store_flush(self, batch: dict[str, Item]) -> None:
+        if "/Ac/Power" in batch or "/Ac/MaxPower" in batch or "/Ac/PowerLimit" in batch:
+            self.wake.set()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_publish = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.tick):  # not wait_for (see inputs.run)
+                    await self.wake.wait()
+            woken = self.wake.is_set()
+            self.wake.clear()
+            ess = bool(self.limiter.ess_active)
+            if woken or ess != self._ess or self.last is None or (self._held and not self._grid_quiet()):
+                self.evaluate()
+            now = loop.time()
+            if now >= next_publish:
+                next_publish = now + self.options.publish_interval
+                self._publish_limiter_state()
+                self.store.flush()
+
+    # -- one evaluation --------------------------------------------------------------------------
+    def snapshot(self) -> L.Snapshot:
+        """The ladder's inputs now (stale battery/vebus values arrive as None)."""
+        now = self.tracker.clock()
+        grid = self.tracker.view("grid", now)
+        vebus = self.tracker.view("vebus", now)
+        battery = self.tracker.view("battery", now)
+        self._views = (grid, vebus, battery)
+        rated = _num(self.store.get("/Ac/MaxPower")) if "/Ac/MaxPower" in self.store else None
+        if not rated:
+            rated = _num(getattr(self.limiter, "max_power", None))
+        self._ess = bool(self.limiter.ess_active)
+        self._held = self._grid_quiet(grid)
+        return L.Snapshot(
+            grid_quiet=self._held,
+            grid_power=_num(grid.get("/Ac/Power")),
+            grid_energy=_net_import(grid),
+            grid_fault=grid.fault,
+            pv_power=_num(self.store.get("/Ac/Power")) if "/Ac/Power" in self.store else None,
+            rated_power=rated,
+            vebus_power=_num(vebus.get("/Ac/ActiveIn/P")),
+            vebus_state=_int(vebus.get("/State")),
+            led_bulk=_num(vebus.get("/Leds/Bulk")),
+            led_absorption=_num(vebus.get("/Leds/Absorption")),
+            battery_power=_num(battery.get("/Dc/0/Power")),
+            battery_voltage=_num(battery.get("/Dc/0/Voltage")),
+            soc=_num(battery.get("/Soc")),
+            ess_active=self._ess,
+        )
+
+    def _grid_quiet(self, grid: RoleView | None = None) -> bool:
+        grid = grid or self.tracker.view("grid")
+        return grid.fault is None and grid.age is not None and grid.age > self.quiet_after()
+
+    def quiet_after(self) -> float:
+        """Grid silence after which no new limit is steered from the old reading.
+
+        Chosen so that the limiter's minimum write interval has passed by the time the
+        silence becomes a fault and the safe limit goes out without waiting. Guaranteed
+        when the stale timeout is at least 1.5 x (interval + 0.5 s): 3.75 s for the
+        limiter's default 2 s; our default is 5 s. A probe answer ends the hold.
+        """
+        stale = self.tracker.stale_after
+        interval = float(getattr(self.limiter, "min_interval", 2.0) or 0.0)
+        return max(stale / 3, min(stale / 2, stale - interval - 0.5))
+
+    def evaluate(self) -> L.Step:
+        snap = self.snapshot()
+        step = self.ladder.step(snap)
+        self.evaluations += 1
+        previous = self.last
+        self.last = step
+        if step.request is not L.KEEP and self.limiter.request(step.request, SOURCE) is False:  # type: ignore[arg-type]
+            # refused (limiting disabled, rating unknown yet): ask again next time
+            self.ladder.shaper.forget()
+        if previous is None or previous.status != step.status or previous.decision.reason != step.decision.reason:
+            log.info("dynamic generation: %s%s", step.status,
+                     f" ({step.decision.reason})" if step.decision.reason else "")
+        s = self.store
+        s.set(STATUS, step.status)
+        s.set(POWER, None if step.decision.demand is None else round(step.decision.demand, 1))
+        s.set(FAIL_SAFE, int(step.decision.action is L.Action.SAFE))
+        s.set(INPUTS, self._inputs_text())
+        self._publish_limiter_state()
+        s.flush()
+        return step
+
+    def _publish_limiter_state(self) -> None:
+        applied = _num(getattr(self.limiter, "applied_watts", None))
+        self.store.set(POWER_MAX, None if applied is None else round(applied, 1))
+        wph = _num(getattr(self.limiter, "writes_per_hour", None))
+        self.store.set(WRITES, None if wph is None else round(wph, 1))
+
+    def _inputs_text(self) -> str:
+        parts = []
+        for name, view in zip(("grid", "vebus", "battery"), self._views):
+            parts.append(f"{name}: {view.service or '-'} {view.fault or 'ok'}")
+        return "; ".join(parts)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> int | None:
+    v = _num(value)
+    return None if v is None else int(v)
+
+
+def _net_import(grid: RoleView) -> float | None:
+    """C: the meter's net import in kWh — ``/Ac/Energy/Consumption`` where a meter publishes
+    it (the seed's meter did), else forward − reverse (the standard grid paths)."""
+    consumption = _num(grid.get("/Ac/Energy/Consumption"))
+    if consumption is not None:
+        return consumption
+    forward, reverse = _num(grid.get("/Ac/Energy/Forward")), _num(grid.get("/Ac/Energy/Reverse"))
+    if forward is None:
+        return None
+    return forward - (reverse or 0.0)
+
+

@@ -1,0 +1,280 @@
+"""The PV power limiter: one owner of an inverter's active-power limit, two clients.
+
+Victron's ESS (hub4control) writes ``/Ac/PowerLimit`` in watts; mbclient's zero-export
+controller (``control/dyngen.py``) calls ``request(watts, "dyngen")``. Both go through this
+object so they never fight and so the inverter is written kindly:
+
+* ESS first: while an ESS write is younger than ``ess_timeout`` (60 s, as dbus-fronius),
+  its limit applies and ``ess_active`` tells the controller to stand aside. When ESS stops
+  renewing the limit, it expires and the output returns to maximum (or to the controller's
+  request) - the behaviour Victron's own PV inverter drivers have.
+* ESS writes reach the wire at once (the driver's ``wakeup`` is set on acceptance); the
+  controller's are rate-limited: a ``deadband`` in percentage points and at most one write
+  per ``min_interval`` seconds, none when the target is unchanged.
+* Nothing is written until somebody asks for a limit: a limiter that was never used leaves
+  the inverter's register alone (flash care), and a release only writes when a limit is
+  in force.
+* If the inverter keeps such commands in non-volatile memory (Growatt holding 2 = 1), the
+  driver calls ``disable(reason)``: ``/Ac/PowerLimit`` goes invalid (Victron's "limiting not
+  supported"), writes are refused and the reason is published.
+
+Watts are converted to whole percent of ``max_power`` by rounding *up* (never curtail more
+than asked: ESS and the controller close their loops on the measured export anyway; the
+error is below 1 % of rated power), clamped to 0..100.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..items import ItemStore
+
+log = logging.getLogger(__name__)
+
+ESS = "ess"
+DYNGEN = "dyngen"
+SOURCES = (ESS, DYNGEN)
+
+P_POWER_LIMIT = "/Ac/PowerLimit"
+P_STATUS = "/Internal/PowerLimiter/Status"
+P_WRITES_PER_HOUR = "/Internal/PowerLimiter/WritesPerHour"
+
+WriteRate = Callable[[int], Awaitable[None]]
+
+
+def percent_of(watts: float, max_power: float) -> int:
+    """Whole percent of ``max_power`` for ``watts``, rounded up, clamped to 0..100."""
+    if max_power <= 0 or not math.isfinite(watts):
+        return 100
+    pct = math.ceil(watts * 100.0 / max_power - 1e-9)
+    return max(0, min(100, pct))
+
+
+class PowerLimiter:
+    """Owns ``/Ac/PowerLimit`` of one inverter. The driver supplies ``write_rate`` (one
+    write of the rate in percent through the bus's priority lane) and calls ``service``
+    from its ``service_writes``; read-backs arrive through ``sync``/``on_readback``."""
+
+    def __init__(
+        self,
+        write_rate: WriteRate,
+        *,
+        wake: Callable[[], Any],
+        max_power: float | None = None,
+        ess_timeout: float = 60.0,
+        min_interval: float = 2.0,
+        deadband: float = 1.0,
+        name: str = "inverter",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write_rate = write_rate
+        self._wake = wake
+        self.max_power = max_power
+        self.ess_timeout = ess_timeout
+        self.min_interval = min_interval
+        self.deadband = deadband
+        self.name = name
+        self.clock = clock
+        self.enabled: bool | None = None  # None: not yet known (persistence flag unread)
+        self.reason = "waiting for the inverter's settings"
+        self.applied_watts: float | None = None  # what the inverter reports it applies
+        self.applied_percent: int | None = None
+        self._ess: float | None = None  # ESS request (W); None = release
+        self._ess_at: float | None = None  # when ESS last wrote
+        self._dyngen: float | None = None
+        self._written: int | None = None  # percent in force in the inverter as far as we know
+        self._last_write = -math.inf
+        self._writes: deque[float] = deque()
+        self.store: ItemStore | None = None
+
+    # -- D-Bus ---------------------------------------------------------------------------------
+    def add_items(self, store: ItemStore) -> None:
+        """``/Ac/PowerLimit`` (writable, W, 0..MaxPower, any numeric type; a repeated value
+        still renews the ESS timer) and the limiter's status paths."""
+        self.store = store
+        store.add(P_POWER_LIMIT, None, unit="W", precision=0, kind=float, writable=False,
+                  min=0.0, max=self.max_power, notify_unchanged=True, on_write=self._on_remote_write,
+                  formatter=lambda v: f"{v:.0f} W")
+        store.add(P_STATUS, self.reason, kind=str)
+        store.add(P_WRITES_PER_HOUR, 0, kind=int)
+        self._refresh_items()
+
+    def _refresh_items(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        item = store.item(P_POWER_LIMIT)
+        usable = bool(self.enabled) and bool(self.max_power)
+        item.writable = usable
+        item.max = self.max_power
+        if not usable:
+            store.set(P_POWER_LIMIT, None)
+        elif self.applied_watts is not None:
+            store.set(P_POWER_LIMIT, self.applied_watts)
+        elif store.get(P_POWER_LIMIT) is None:
+            store.set(P_POWER_LIMIT, float(self.max_power))
+        store.set(P_STATUS, self.reason)
+        store.set(P_WRITES_PER_HOUR, self.writes_per_hour)
+
+    def _on_remote_write(self, value: Any) -> bool:
+        return self.request(float(value), ESS)
+
+    # -- configuration ---------------------------------------------------------------------------
+    def enable(self) -> None:
+        if self.enabled is not True:
+            self.enabled = True
+            self.reason = "ready"
+            log.info("%s: power limiting available", self.name)
+            self._refresh_items()
+            self._wake()
+
+    def disable(self, reason: str) -> None:
+        """Refuse all limiting (e.g. the inverter would store every command in flash)."""
+        if self.enabled is not False or self.reason != reason:
+            self.enabled = False
+            self.reason = reason
+            log.warning("%s: power limiting disabled: %s", self.name, reason)
+            self._refresh_items()
+
+    def set_max_power(self, watts: float | None) -> None:
+        if watts is not None and watts > 0 and watts != self.max_power:
+            self.max_power = float(watts)
+            self._refresh_items()
+
+    # -- requests -----------------------------------------------------------------------------------
+    def request(self, watts: float | None, source: str) -> bool:
+        """Ask for a limit in W (None: release to full power). Never blocks; the write
+        happens in ``service``. Returns False if limiting is unavailable."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown limit source {source!r}")
+        if not self.enabled or not self.max_power:
+            return False
+        if watts is not None and (not math.isfinite(watts) or watts < 0):
+            return False
+        if source == ESS:
+            self._ess = watts
+            self._ess_at = self.clock()
+        else:
+            self._dyngen = watts
+        self._wake()
+        return True
+
+    @property
+    def ess_active(self) -> bool:
+        """ESS wrote ``/Ac/PowerLimit`` within the last ``ess_timeout`` seconds."""
+        return self._ess_at is not None and self.clock() - self._ess_at < self.ess_timeout
+
+    @property
+    def source(self) -> str | None:
+        if self.ess_active:
+            return ESS
+        if self._dyngen is not None:
+            return DYNGEN
+        return None
+
+    def target_percent(self) -> int:
+        if self.ess_active:
+            watts = self._ess
+        else:
+            watts = self._dyngen
+        if watts is None or not self.max_power:
+            return 100
+        return percent_of(watts, self.max_power)
+
+    @property
+    def writes_per_hour(self) -> int:
+        self._trim(self.clock())
+        return len(self._writes)
+
+    def _trim(self, now: float) -> None:
+        while self._writes and now - self._writes[0] > 3600.0:
+            self._writes.popleft()
+
+    # -- read-backs -----------------------------------------------------------------------------------
+    def sync(self, percent: int | None) -> None:
+        """The rate register as read back from the inverter (255 / >100 = no limit).
+        A difference from what we believe (e.g. the inverter restarted and forgot the
+        limit) is corrected on the next ``service``."""
+        if percent is None:
+            return
+        actual = 100 if percent > 100 else int(percent)
+        if actual != self._written:
+            if self._written is not None:
+                log.info("%s: rate register reads %d%%, expected %d%%", self.name, actual, self._written)
+            self._written = actual
+            self._wake()
+
+    def on_readback(self, percent: float | None, watts: float | None) -> None:
+        """The limit the inverter reports it applies (published as ``/Ac/PowerLimit``)."""
+        if watts is None and percent is not None and self.max_power:
+            watts = percent * self.max_power / 100.0
+        if watts is not None and self.max_power:
+            watts = min(float(watts), float(self.max_power))
+        self.applied_percent = None if percent is None else int(percent)
+        self.applied_watts = watts
+        if self.store is not None and self.enabled and self.max_power and watts is not None:
+            self.store.set(P_POWER_LIMIT, watts)
+
+    def forget(self) -> None:
+        """The inverter went offline: what it holds is unknown until read back."""
+        self._written = None
+
+    # -- the writer ---------------------------------------------------------------------------------
+    def deadline(self, now: float) -> float:
+        """When ``service`` must run even without a wakeup: ESS expiry or a postponed write."""
+        times = []
+        if self._ess_at is not None:
+            times.append(self._ess_at + self.ess_timeout)
+        if self.enabled and self._pending_write():
+            times.append(self._last_write + self.min_interval)
+        return min(times, default=math.inf)
+
+    def _pending_write(self) -> bool:
+        want = self.target_percent()
+        return self._written != want and not (self._written is None and want == 100)
+
+    async def service(self, now: float | None = None) -> bool:
+        """Write the rate register if the target changed. Returns True if it wrote.
+        Raises ModbusError if the write failed (the request stays and is retried)."""
+        now = self.clock() if now is None else now
+        self._trim(now)
+        if self._ess_at is not None and now - self._ess_at >= self.ess_timeout:
+            log.info("%s: no /Ac/PowerLimit for %.0f s, returning to %s", self.name, self.ess_timeout,
+                     "maximum" if self._dyngen is None else "the controller's limit")
+            self._ess_at = None
+            self._ess = None
+        if not self.enabled or not self.max_power:
+            return False
+        want = self.target_percent()
+        old = self._written
+        if old == want or (old is None and want == 100):
+            self._refresh_counters()
+            return False
+        source = self.source or "release"
+        if source == DYNGEN:
+            if old is not None and abs(want - old) <= self.deadband and want != 100:
+                return False
+            if now - self._last_write < self.min_interval:
+                return False  # ``deadline`` says when to come back
+        await self._write_rate(want)
+        self._written = want
+        self._last_write = now
+        self._writes.append(now)
+        if self.store is not None:
+            # Published as applied once the write is acknowledged (as dbus-fronius does);
+            # the inverter's own read-back (``on_readback``) refines it when it changes.
+            self.store.set(P_POWER_LIMIT, want * self.max_power / 100.0)
+        log.info("%s: power limit %s -> %d%% (%.0f W of %.0f W, %s)", self.name,
+                 "unknown" if old is None else f"{old}%", want, want * self.max_power / 100.0,
+                 self.max_power, source)
+        self._refresh_counters()
+        return True
+
+    def _refresh_counters(self) -> None:
+        if self.store is not None:
+            self.store.set(P_WRITES_PER_HOUR, self.writes_per_hour)

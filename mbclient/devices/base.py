@@ -1,0 +1,534 @@
+"""The driver contract: a ``Model`` is data, a ``Driver`` runs it against one unit.
+
+The runtime (device task) only ever calls what is defined here:
+
+* ``model.create(client, store, options) -> Driver``
+* ``await driver.read_identity() -> Identity`` (once per connection)
+* ``driver.add_items()`` (every device-specific D-Bus path, invalid until read)
+* ``driver.due(now)`` / ``driver.next_deadline(now)`` / ``await driver.poll(now)``
+* ``driver.go_offline()`` when the unit stops answering
+* ``await driver.service_writes(now)`` whenever ``driver.wakeup`` is set or a deadline passes
+* ``driver.timeout`` for the caller's own probes
+
+Everything generic - block planning, decoding, publishing, latency-adaptive timeouts,
+invalidation when offline, remote writes of writable registers - lives in ``Driver``;
+a family module supplies register tables and overrides a hook only where the device is
+truly special (Growatt's power limiter, Eastron's serial number format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, ModbusError, ModbusExceptionResponse
+from ..items import ItemStore
+from ..registers import (
+    DEFAULT_INTERVALS,
+    DEFAULT_TURNAROUND,
+    ONCE,
+    Block,
+    BlockRules,
+    Derived,
+    Refresh,
+    Register,
+    ScheduledBlock,
+    Value,
+    bridge_limit,
+    plan_blocks,
+    split_block,
+)
+
+if TYPE_CHECKING:
+    from ..transports.base import UnitClient
+
+log = logging.getLogger(__name__)
+
+ROLES = ("grid", "pvinverter", "genset", "acload", "evcharger", "heatpump")
+METER_ROLES = ROLES
+#: /Position choices per role (gui-v2 AcPosition): pvinverter 0 AC input 1, 1 AC output,
+#: 2 AC input 2; acload/evcharger/heatpump 0 AC output, 1 AC input; grid/genset none.
+POSITION_CHOICES: Mapping[str, tuple[int, ...]] = {
+    "pvinverter": (0, 1, 2),
+    "acload": (0, 1),
+    "evcharger": (0, 1),
+    "heatpump": (0, 1),
+}
+
+#: Timeout = max(min_timeout, LATENCY_FACTOR x filtered latency), capped at MAX_TIMEOUT,
+#: as upstream dbus-modbus-client adapts it (its factor is 4 too).
+LATENCY_FACTOR = 4.0
+MAX_TIMEOUT = 2.0
+
+_IDENT_BAD = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a unit says about itself, read once per connection. Strings, as published."""
+
+    serial: str
+    firmware: str | None = None
+    hardware: str | None = None
+    product_name: str | None = None  # overrides the model's product name when set
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class G100Config:
+    """Growatt export-limit configuration (UK G98/G100). ``None`` fields are left alone.
+
+    These registers live in the inverter's EEPROM: they are written only when configured
+    here and only when the inverter's read-back differs.
+    """
+
+    failsafe: int | None = None  # holding 42: 1 enable, 0 disable
+    export_limit_mode: int | None = None  # holding 122: 0 off, 1 RS485 meter, 2 RS232 meter, 3 CT
+    export_limit_rate: int | None = None  # holding 123: -1000..1000, 0.1 % of rated power
+    failsafe_power_rate: int | None = None  # holding 3000: 0..1000, 0.1 % of rated power
+
+
+@dataclass(slots=True)
+class DeviceOptions:
+    """Per-device choices (settings / CLI). Defaults suit a GX on a 9600 Bd line."""
+
+    role: str | None = None  # None: the model's default role
+    zero_when_asleep: bool = False  # publish 0 W / 0 A instead of invalid while offline
+    max_power: float | None = None  # rated power override (W) for inverters
+    g100: G100Config | None = None
+    refresh: Mapping[Refresh, float] = field(default_factory=dict)  # seconds, overrides per class
+    power_limit_timeout: float = 60.0  # ESS limit returns to maximum after this long unrenewed
+    limit_min_interval: float = 2.0  # controller (dyngen) writes at most this often
+    limit_deadband: float = 1.0  # controller writes only when the rate moves more (points)
+    baud: int | None = None  # serial line speed (sizes hole bridging); None for TCP/UDP
+    turnaround: float = DEFAULT_TURNAROUND
+    min_timeout: float | None = None  # None: the model's
+    initial_timeout: float | None = None  # before any latency was measured; None: the model's
+
+
+# --- detection ---------------------------------------------------------------------------------
+
+Detector = Callable[["UnitClient", float], "Any"]  # async (client, timeout) -> Model | None
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A device model: data only. ``driver`` is the class that runs it (usually ``Driver``)."""
+
+    name: str  # spec/CLI name, e.g. "sdm230"
+    product_name: str
+    product_id: int
+    vendor: str  # ident prefix: service com.victronenergy.<role>.<vendor>_<serial>
+    manufacturer: str
+    registers: tuple[Register, ...]
+    default_role: str
+    allowed_roles: tuple[str, ...]
+    device_instance: int  # preferred VRM instance
+    phases: int = 1
+    rules: BlockRules = BlockRules()
+    identity: tuple[Register, ...] = ()
+    derived: tuple[Derived, ...] = ()
+    detect: str = ""  # how ``identify`` recognises it (shown by --models and in docs)
+    driver: type[Driver] | None = None
+    min_timeout: float = 0.3
+    initial_timeout: float = 1.0
+    intervals: Mapping[Refresh, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
+    is_meter: bool = True  # energy meter (publishes /IsGenericEnergyMeter in non-grid roles)
+
+    def __post_init__(self) -> None:
+        if self.default_role not in self.allowed_roles:
+            raise ValueError(f"{self.name}: default role {self.default_role} not allowed")
+        plan_blocks(self.registers, self.rules)  # a table the device cannot serve is a bug
+
+    def create(self, client: UnitClient, store: ItemStore, options: DeviceOptions | None = None) -> Driver:
+        cls = self.driver or Driver
+        return cls(self, client, store, options or DeviceOptions())
+
+    def ident(self, serial: str) -> str:
+        """``<vendor>_<serial>``: bus-name element and /Settings/Devices/<ident>."""
+        return _IDENT_BAD.sub("_", f"{self.vendor}_{serial}")
+
+    def position_choices(self, role: str) -> tuple[int, ...] | None:
+        """Allowed /Position values in ``role``, or None when the role has no /Position."""
+        return POSITION_CHOICES.get(role)
+
+    def check_role(self, role: str) -> str:
+        if role not in self.allowed_roles:
+            raise ConfigError(f"role {role!r} not allowed for {self.name} (one of {', '.join(self.allowed_roles)})")
+        return role
+
+
+# --- the generic driver ------------------------------------------------------------------------
+
+
+class Driver:
+    """Runs one ``Model`` against one unit. Subclasses override hooks, not the contract."""
+
+    #: The inverter's power limiter (``mbclient.control.limiter.PowerLimiter``) for models
+    #: that can be curtailed; None for meters. The runtime hands it to the controller.
+    limiter: Any = None
+
+    def __init__(self, model: Model, client: UnitClient, store: ItemStore, options: DeviceOptions) -> None:
+        self.model = model
+        self.client = client
+        self.store = store
+        self.options = options
+        self.role = model.check_role(options.role or model.default_role)
+        self.identity: Identity | None = None
+        self.values: dict[str, Value] = {}  # every decoded register and derived value by name
+        #: Set when ``service_writes`` has work (a remote write was accepted, a limit
+        #: requested). The device task awaits it next to its poll deadline.
+        self.wakeup = asyncio.Event()
+        self._writing = asyncio.Lock()  # service_writes also runs from inside poll
+        self.log = log
+        self._pending: dict[str, tuple[Register, Value]] = {}
+        self._schedule: list[ScheduledBlock] | None = None
+        self._polled: tuple[Register, ...] | None = None  # the registers _schedule was planned for
+        self._items_added = False
+        self._register_paths: set[str] = set()  # paths add_items made for registers
+        self._latency: float | None = None
+        self._intervals = {**model.intervals, **options.refresh}
+        # Unknown line speed: assume the slowest common one (9600 Bd), where bridging
+        # decisions matter most; on TCP that merely bridges a little less than it could.
+        self._max_gap = bridge_limit(options.baud or 9600, options.turnaround)
+        self._by_input: dict[str, list[Derived]] = {}
+        for d in model.derived:
+            for name in d.inputs:
+                self._by_input.setdefault(name, []).append(d)
+
+    # -- hooks for family modules -------------------------------------------------------------
+    def registers(self) -> Sequence[Register]:
+        """The registers this unit is polled for (a subclass may filter by identity)."""
+        return self.model.registers
+
+    def make_identity(self, values: Mapping[str, Value]) -> Identity:
+        """Build the Identity from the decoded identity registers (names serial, firmware,
+        hardware, product_name; anything else goes to ``extra``)."""
+        serial = values.get("serial")
+        if serial in (None, ""):
+            raise ModbusError(f"{self.model.name}: unit gave no serial number")
+        extra = {k: v for k, v in values.items() if k not in ("serial", "firmware", "hardware", "product_name")}
+        return Identity(
+            serial=str(serial),
+            firmware=_str_or_none(values.get("firmware")),
+            hardware=_str_or_none(values.get("hardware")),
+            product_name=_str_or_none(values.get("product_name")),
+            extra=extra,
+        )
+
+    def extra_items(self) -> None:
+        """Paths beyond the register table (subclasses)."""
+
+    def on_values(self, changed: Mapping[str, Value]) -> None:
+        """Called after each decoded block with the values that changed (subclasses)."""
+
+    async def service_device(self, now: float) -> None:
+        """Device-specific writes and timers (subclasses), run by ``service_writes``."""
+
+    def offline_hook(self) -> None:
+        """Device-specific part of going offline (subclasses)."""
+
+    # -- identity ----------------------------------------------------------------------------------
+    async def read_identity(self) -> Identity:
+        """Read the identity registers (exception 2 on an optional block leaves those values
+        unset, so a model can list fallbacks) and build the Identity. Raises ModbusError."""
+        values: dict[str, Value] = {}
+        blocks = plan_blocks(self.model.identity, self.model.rules, max_gap=self._max_gap)
+        while blocks:
+            block = blocks.pop(0)
+            try:
+                regs = await self._read_block(block)
+            except ModbusExceptionResponse as exc:
+                if exc.code != 2:
+                    raise
+                parts = self._fallback(block)
+                if parts:
+                    blocks[0:0] = parts
+                    continue
+                if block.optional:
+                    continue
+                raise
+            for reg, v in block.decode(regs).items():
+                values[reg.name] = v
+        self.identity = self.make_identity(values)
+        return self.identity
+
+    # -- items ---------------------------------------------------------------------------------
+    def add_items(self) -> None:
+        """Define every device path (invalid until read). Generic paths are the runtime's."""
+        self._items_added = True
+        self._add_register_items(self.registers())
+        for d in self.model.derived:
+            self.store.add(d.name, self.values.get(d.name), unit=d.unit, precision=d.precision, kind=d.kind,
+                           formatter=d.formatter())
+        if self.model.is_meter:
+            self.store.add("/NrOfPhases", self.model.phases, kind=int)
+            if self.role != "grid":
+                # Energy meters in another role are "generic energy meters" (upstream,
+                # dbus-cgwacs, dbus-shelly): they measure but cannot limit.
+                self.store.add("/IsGenericEnergyMeter", 1, kind=int)
+        self.extra_items()
+
+    def replan(self) -> None:
+        """``registers()`` changed (e.g. the identity revealed the tracker count): plan the
+        reads again and, if the items exist already, add new paths and drop stale ones."""
+        self._schedule = None
+        if not self._items_added:
+            return
+        regs = self.registers()
+        new = {p for r in regs for p in r.paths}
+        for path in self._register_paths - new:
+            self.store.remove(path)
+        self._register_paths &= new
+        self._add_register_items([r for r in regs if any(p not in self.store for p in r.paths)])
+
+    def _add_register_items(self, registers: Sequence[Register]) -> None:
+        store = self.store
+        for reg in registers:
+            self._register_paths.update(reg.paths)
+            for path in reg.paths:
+                writable = reg.write is not None and path == reg.name
+                store.add(
+                    path,
+                    self.values.get(reg.name),
+                    unit=reg.unit,
+                    precision=reg.precision,
+                    kind=reg.value_kind,
+                    formatter=reg.formatter(),
+                    writable=writable,
+                    min=reg.write.min if writable and reg.write else None,
+                    max=reg.write.max if writable and reg.write else None,
+                    choices=reg.write.choices if writable and reg.write else None,
+                    on_write=self._write_hook(reg) if writable else None,
+                )
+
+    def _write_hook(self, reg: Register) -> Callable[[Value], bool]:
+        def on_write(value: Value) -> bool:
+            try:
+                reg.encode(value)
+            except (ValueError, TypeError):
+                return False
+            self._pending[reg.name] = (reg, value)
+            self.wakeup.set()
+            return True
+
+        return on_write
+
+    # -- polling ---------------------------------------------------------------------------------
+    @property
+    def timeout(self) -> float:
+        """Reply timeout for this unit: a multiple of its filtered latency with a floor."""
+        latency = self._measured_latency()
+        if latency is None:
+            return self.options.initial_timeout or self.model.initial_timeout
+        floor = self.options.min_timeout or self.model.min_timeout
+        return min(MAX_TIMEOUT, max(floor, LATENCY_FACTOR * latency))
+
+    def _measured_latency(self) -> float | None:
+        try:
+            latency = self.client.stats.latency
+        except Exception:  # a link without statistics: fall back to our own measurement
+            latency = None
+        return latency if latency is not None else self._latency
+
+    @property
+    def schedule(self) -> list[ScheduledBlock]:
+        if self._schedule is None:
+            self._polled = tuple(self.registers())
+            self._schedule = [ScheduledBlock(b) for b in plan_blocks(self._polled, self.model.rules, self._max_gap)]
+        return self._schedule
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [s.block for s in self.schedule if not s.disabled]
+
+    def interval(self, refresh: Refresh) -> float:
+        return self._intervals.get(refresh, DEFAULT_INTERVALS[refresh])
+
+    def due(self, now: float) -> bool:
+        return any(not s.disabled and s.next_due <= now for s in self.schedule)
+
+    def next_deadline(self, now: float) -> float:
+        """Earliest time ``poll`` or ``service_writes`` needs to run (inf: nothing planned)."""
+        polls = [s.next_due for s in self.schedule if not s.disabled]
+        return min(polls + [self.writes_deadline(now)], default=math.inf)
+
+    def writes_deadline(self, now: float) -> float:
+        """When ``service_writes`` must run next even without a wakeup (subclasses)."""
+        return now if self._pending else math.inf
+
+    async def poll(self, now: float) -> None:
+        """Read every due block, decode, ``store.set`` (no flush). Raises ModbusError.
+
+        A block whose hole bridging meets exception 2 is re-planned without bridging (a
+        unit that does not serve its undefined registers); an optional block the unit
+        lacks is disabled. Blocks read before a failure keep their values. Pending writes
+        (``wakeup`` set) are serviced between two reads.
+        """
+        schedule = self.schedule
+        i = 0
+        while i < len(schedule):
+            sb = schedule[i]
+            if sb.disabled or sb.next_due > now:
+                i += 1
+                continue
+            try:
+                regs = await self._read_serving_writes(sb.block, now)
+            except ModbusExceptionResponse as exc:
+                if exc.code != 2:
+                    raise
+                parts = self._fallback(sb.block)
+                if parts:
+                    self.log.info("%s: exception 2 on %s, reading it as %s", self.model.name, sb.block,
+                                  ", ".join(map(str, parts)))
+                    schedule[i : i + 1] = [ScheduledBlock(b, sb.next_due) for b in parts]
+                    continue
+                if sb.block.optional:
+                    self.log.info("%s: unit lacks %s, not reading it again", self.model.name, sb.block)
+                    sb.disabled = True
+                    i += 1
+                    continue
+                raise
+            interval = self.interval(sb.block.refresh)
+            sb.next_due = math.inf if sb.block.refresh == ONCE else now + interval
+            self._apply(sb.block.decode(regs))
+            i += 1
+
+    def _fallback(self, block: Block) -> list[Block] | None:
+        """How to read ``block`` after it met exception 2: without bridging if it bridged a
+        hole, else its required and optional registers apart; None if nothing is left to try."""
+        parts: list[Block] = []
+        if block.bridged:
+            parts = split_block(block, self.model.rules)
+        if len(parts) <= 1:  # nothing to unbridge (or only alignment padding)
+            required = [r for r in block.registers if not r.optional]
+            optional = [r for r in block.registers if r.optional]
+            if not (required and optional):
+                return None
+            parts = plan_blocks(required, self.model.rules, max_gap=0) + [
+                b for r in optional for b in plan_blocks([r], self.model.rules, max_gap=0)]
+        return parts
+
+    async def _read_serving_writes(self, block: Block, now: float) -> list[int]:
+        """Read ``block``; a write accepted meanwhile (``wakeup``) is queued at once, on
+        the link's priority lane, so it reaches the wire right after the transaction in
+        flight - not after the rest of this poll."""
+        if self.wakeup.is_set():
+            await self.service_writes(now)
+        read = asyncio.ensure_future(self._read_block(block))
+        try:
+            while True:
+                woken = asyncio.ensure_future(self.wakeup.wait())
+                try:
+                    await asyncio.wait((read, woken), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                if read.done():
+                    return read.result()
+                await self.service_writes(now)
+        finally:
+            if not read.done():
+                read.cancel()  # the link leaves the line clean for the next caller
+                await asyncio.wait((read,))  # our own cancellation still propagates
+            if not read.cancelled():
+                read.exception()  # mark it retrieved (it was raised above or superseded)
+
+    async def _read_block(self, block: Block) -> list[int]:
+        started = time.monotonic()
+        regs = await self.client.read(int(block.table), block.address, block.count, timeout=self.timeout)
+        took = time.monotonic() - started
+        self._latency = took if self._latency is None else self._latency + 0.2 * (took - self._latency)
+        return regs
+
+    def _apply(self, decoded: Mapping[Register, Value]) -> None:
+        changed: dict[str, Value] = {}
+        for reg, value in decoded.items():
+            for key in dict.fromkeys((reg.name, *reg.paths)):
+                if self._remember(key, value):
+                    changed[key] = value
+            for path in reg.paths:
+                if path in self.store:  # polled before add_items (probes): values only
+                    self.store.set(path, value)
+        self._derive(changed)
+        if changed:
+            self.on_values(changed)
+
+    def _remember(self, name: str, value: Value) -> bool:
+        old = self.values.get(name, _MISSING)
+        self.values[name] = value
+        return old is _MISSING or old != value or type(old) is not type(value)
+
+    def _derive(self, changed: dict[str, Value]) -> None:
+        todo = list(changed)
+        while todo:
+            for d in self._by_input.get(todo.pop(), ()):
+                args = [self.values.get(n) for n in d.inputs]
+                value = None if any(a is None for a in args) else d.fn(*args)
+                if value is not None and d.kind is float:
+                    value = float(value)
+                if self._remember(d.name, value):
+                    changed[d.name] = value
+                    todo.append(d.name)
+                if d.name in self.store:
+                    self.store.set(d.name, value)
+
+    # -- offline ---------------------------------------------------------------------------------
+    def go_offline(self) -> None:
+        """Live values -> invalid (or their ``asleep`` value with ``zero_when_asleep``);
+        cumulative counters and once-read values are kept. Everything is re-read on the
+        next poll."""
+        zero = self.options.zero_when_asleep
+        rows: list[Register | Derived] = [*self.registers(), *self.model.derived]
+        for row in rows:
+            if row.cumulative or getattr(row, "refresh", None) == ONCE:
+                continue
+            value = row.asleep if zero else None
+            for key in (row.name, *row.paths):
+                self.values[key] = value
+            for path in row.paths:
+                if path in self.store:
+                    self.store.set(path, value)
+        for sb in self.schedule:
+            if sb.block.refresh != ONCE:
+                sb.next_due = 0.0
+        self.offline_hook()
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def service_writes(self, now: float) -> None:
+        """Pending remote writes (priority lane) and device timers. Raises ModbusError;
+        a failed write stays pending and is retried on the next call."""
+        async with self._writing:
+            await self._service_writes(now)
+
+    async def _service_writes(self, now: float) -> None:
+        self.wakeup.clear()
+        while self._pending:
+            name, (reg, value) = next(iter(self._pending.items()))
+            words = reg.encode(value)
+            old = self.values.get(reg.name)
+            if len(words) == 1:
+                await self.client.write_register(reg.address, words[0], timeout=self.timeout, priority=True)
+            else:
+                await self.client.write_registers(reg.address, words, timeout=self.timeout, priority=True)
+            self.log.info("%s: wrote %s %r -> %r", self.model.name, reg.name, old, value)
+            if self._pending.get(name, (None, None))[1] == value:
+                del self._pending[name]
+            self._apply({reg: value})
+        await self.service_device(now)
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _str_or_none(value: Value) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,0 +1,278 @@
+"""The supervisor: one task per configured device, and the process-wide watchdogs.
+
+Structured concurrency (anyio task group) gives every device its own task and cancel
+scope. A device's failure is caught, logged and retried inside that device's task, so it
+can never disturb another device; only with ``-x/--exit`` does an error end the process
+(runit then restarts it, the upstream behaviour some installations rely on).
+
+The device list is the union of ``-F/--force-devices`` and the setting
+``/Settings/ModbusClient/<port-name>/Devices``; a change of that setting at runtime starts
+and stops device tasks without touching the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..errors import ConfigError
+from ..items import ItemStore
+from ..spec import DeviceSpec, parse_spec
+from .backoff import Backoff
+from .config import RuntimeConfig
+from .device_task import DeviceTask, RuntimeContext
+from .identity import setting_element
+from .watchdog import EXIT_RSS, LoopStallWatchdog, RssCeilingExceeded, RssWatchdog
+
+log = logging.getLogger("mbclient.supervisor")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+class FatalDeviceError(Exception):
+    """A device error with ``-x``: the whole process stops (exit status 1)."""
+
+
+def devices_setting(port_name: str) -> str:
+    return f"/Settings/ModbusClient/{setting_element(port_name)}/Devices"
+
+
+def parse_device_list(text: Any) -> tuple[list[DeviceSpec], list[str]]:
+    """Parse the comma list stored in settings, tolerating junk: (specs, problems).
+
+    The setting is edited by people and by the GUI; one bad entry must not stop the rest.
+    """
+    specs: list[DeviceSpec] = []
+    problems: list[str] = []
+    if not isinstance(text, str):
+        return specs, problems
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            specs.append(parse_spec(item))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return specs, problems
+
+
+def unit_key(spec: DeviceSpec) -> tuple[Any, ...]:
+    """One task per physical unit: same link and address means same device."""
+    return (*spec.link_key, spec.unit)
+
+
+def merge_specs(*lists: Iterable[DeviceSpec]) -> dict[tuple[Any, ...], DeviceSpec]:
+    """Union by unit; a spec naming its model wins over one that does not."""
+    out: dict[tuple[Any, ...], DeviceSpec] = {}
+    for specs in lists:
+        for spec in specs:
+            key = unit_key(spec)
+            have = out.get(key)
+            if have is None or (have.model is None and spec.model is not None):
+                out[key] = spec
+    return out
+
+
+@dataclass
+class _Running:
+    spec: DeviceSpec
+    scope: anyio.CancelScope
+    task: DeviceTask | None = None
+
+
+class Supervisor:
+    """Owns the settings connection, the link pool and one task per device."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        links: Any = None,
+        settings: Any = None,
+        export_factory: Callable[[ItemStore], Any] | None = None,
+        registry: Any = None,
+        options_factory: Callable[[DeviceSpec], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._links = links
+        self._settings = settings
+        self._export_factory = export_factory
+        self._registry = registry
+        self._options_factory = options_factory
+        self.running: dict[tuple[Any, ...], _Running] = {}
+        self.saved: list[DeviceSpec] = []
+        self.ctx: RuntimeContext | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.rss: RssWatchdog | None = None
+
+    # ------------------------------------------------------------------------ public view
+    def device(self, spec: DeviceSpec | str) -> DeviceTask | None:
+        """The current DeviceTask of a configured spec (tests, probes)."""
+        if isinstance(spec, str):
+            spec = parse_spec(spec)
+        r = self.running.get(unit_key(spec))
+        return r.task if r else None
+
+    # ------------------------------------------------------------------------------- run
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        links = self._links
+        if links is None:
+            from ..transports import LinkPool
+
+            links = LinkPool()
+        settings = self._settings
+        own_settings = settings is None
+        if settings is None:
+            from .settings_port import connect_settings
+
+            settings = await connect_settings(cfg)
+        export_factory = self._export_factory
+        if export_factory is None:
+            from ..dbus import ServiceExport
+
+            def export_factory(store: ItemStore) -> Any:
+                return ServiceExport(store, cfg.bus_address)
+
+        self.ctx = RuntimeContext(
+            config=cfg, links=links, settings=settings, export_factory=export_factory,
+            registry=self._registry, options_factory=self._options_factory,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if cfg.stall_timeout:
+                    tg.start_soon(LoopStallWatchdog(cfg.stall_timeout).run, name="stall-watchdog")
+                if cfg.max_rss:
+                    self.rss = RssWatchdog(cfg.max_rss, cfg.rss_check_interval, cfg.rss_log_interval)
+                    tg.start_soon(self.rss.run, name="rss-watchdog")
+                path = devices_setting(cfg.port_name)
+                values = await settings.add_settings([(path, "")])
+                self._saved_changed(values.get(path, ""), initial=True)
+                unwatch = settings.watch(path, self._saved_changed)
+                log.info("%d device(s) configured (%d from -F, %d from %s)", len(self.running),
+                         len(cfg.force_devices), len(self.saved), path)
+                task_status.started(self)
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    if callable(unwatch):
+                        unwatch()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if hasattr(links, "aclose"):
+                    try:
+                        await links.aclose()
+                    except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                        log.debug("closing links: %s", exc)
+                if own_settings:
+                    await _maybe_close(settings)
+
+    # -------------------------------------------------------------------------- device list
+    def _saved_changed(self, value: Any, initial: bool = False) -> None:
+        specs, problems = parse_device_list(value)
+        for p in problems:
+            log.warning("ignoring saved device: %s", p)
+        self.saved = specs
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Start tasks for new devices, stop those no longer configured."""
+        wanted = merge_specs(self.config.force_devices, self.saved)
+        for key, r in list(self.running.items()):
+            if wanted.get(key) != r.spec:
+                log.info("[%s] removed from the configuration: stopping", r.spec)
+                r.scope.cancel()
+                del self.running[key]
+        for key, spec in wanted.items():
+            if key not in self.running:
+                self._start(key, spec)
+
+    def _start(self, key: tuple[Any, ...], spec: DeviceSpec) -> None:
+        assert self._tg is not None
+        r = _Running(spec, anyio.CancelScope())
+        self.running[key] = r
+        self._tg.start_soon(self._run_device, r, name=f"device {spec}")
+
+    async def _run_device(self, r: _Running) -> None:
+        """Run one device forever; a crash is logged and the device restarted after a pause."""
+        assert self.ctx is not None
+        restart = Backoff(base=5.0, cap=300.0)
+        with r.scope:
+            while True:
+                r.task = DeviceTask(r.spec, self.ctx)
+                try:
+                    await r.task.run()
+                    return
+                except Exception as exc:
+                    if self.config.exit_on_error:
+                        log.error("[%s] %s: exiting (-x)", r.spec, exc)
+                        raise FatalDeviceError(f"{r.spec}: {exc}") from exc
+                    delay = restart.next()
+                    log.exception("[%s] device task failed (%s); restarting it in %.0f s", r.spec, exc, delay)
+                await anyio.sleep(delay)
+
+
+async def _maybe_close(obj: Any) -> None:
+    for name in ("aclose", "close"):
+        fn = getattr(obj, name, None)
+        if callable(fn):
+            try:
+                res = fn()
+                if hasattr(res, "__await__"):
+                    await res
+            except Exception as exc:  # noqa: BLE001
+                log.debug("closing %r: %s", obj, exc)
+            return
+
+
+def _flatten(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for e in exc.exceptions:
+            out.extend(_flatten(e))
+        return out
+    return [exc]
+
+
+async def _serve(config: RuntimeConfig) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await Supervisor(config).run()
+
+
+def run_supervisor(config: RuntimeConfig) -> int:
+    """Run until SIGTERM/SIGINT; map the outcome to the process exit status."""
+    from .. import __version__
+
+    log.info("mbclient %s starting", __version__)
+    try:
+        anyio.run(_serve, config, backend="asyncio")
+    except BaseException as exc:  # noqa: BLE001 - mapped to an exit status below
+        errors = _flatten(exc)
+        if any(isinstance(e, RssCeilingExceeded) for e in errors):
+            return EXIT_RSS
+        if any(isinstance(e, KeyboardInterrupt) for e in errors):
+            return EXIT_OK
+        fatal = [e for e in errors if isinstance(e, (FatalDeviceError, ConfigError))]
+        if fatal:
+            log.error("%s", fatal[0])
+            return EXIT_ERROR if isinstance(fatal[0], FatalDeviceError) else 2
+        log.critical("unexpected error", exc_info=exc)
+        return EXIT_ERROR
+    return EXIT_OK

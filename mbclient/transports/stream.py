@@ -1,0 +1,131 @@
+"""The receive side of a byte stream (serial port or TCP socket), and reconnect backoff.
+
+``StreamLine`` is an asyncio protocol that keeps what arrived in one buffer together with
+the loop time of the last arrival. Readers parse the buffer instead of awaiting
+``read(n)``, so a reader that is cancelled halfway loses nothing and the next reader sees
+the line exactly as it is. Bytes that arrive before ``accept_from`` (while the line is
+idle, or while our own request is still on the wire) are dropped on arrival: they cannot
+be the answer to anything we asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+MAX_BUFFER = 2048  # a Modbus ADU is at most 256 bytes (RTU) / 513 characters (ASCII)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class StreamLine(asyncio.Protocol):
+    """Buffered, timestamped receiver (see module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.BaseTransport | None = None
+        self.rx = bytearray()
+        self.last_rx = -math.inf  # loop time of the last arrival (accepted or dropped)
+        self.accept_from = math.inf  # arrivals before this loop time are dropped
+        self.dropped = 0  # bytes dropped on arrival (late replies, chatter while idle)
+        self.closed = False
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed_fut: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        self.last_rx = now
+        if now < self.accept_from:
+            self.dropped += len(data)
+            return
+        rx = self.rx
+        rx += data
+        if len(rx) > MAX_BUFFER:  # a babbling line cannot grow memory
+            del rx[: len(rx) - MAX_BUFFER]
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # half-closed is closed: let the transport shut down
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error = exc
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    # -- reader side -------------------------------------------------------------------------
+    async def wait(self, until: float) -> None:
+        """Return when bytes are accepted, the line closes, or the loop clock reaches ``until``."""
+        if self.closed:
+            return
+        loop = self.loop
+        if until <= loop.time():
+            return
+        fut = loop.create_future()
+        self._waiter = fut
+        handle = loop.call_at(until, _wake, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        transport.write(data)  # type: ignore[attr-defined]
+
+    async def aclose(self, wait: float = 2.0) -> None:
+        """Close the transport and wait (bounded) until it reports the connection lost."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.close()
+        if not self._closed_fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closed_fut), wait)
+            except asyncio.TimeoutError:
+                if transport is not None:
+                    abort = getattr(transport, "abort", None)
+                    if abort is not None:
+                        abort()
+
+
+class Backoff:
+    """Exponential reconnect delay: ``first`` doubling up to ``maximum``.
+
+    ``failed(now)`` arms the window; until ``retry_at`` a link refuses fast with LinkDown
+    instead of hammering a missing port or refused host.
+    """
+
+    __slots__ = ("first", "maximum", "delay", "retry_at")
+
+    def __init__(self, first: float = 0.5, maximum: float = 10.0) -> None:
+        self.first = first
+        self.maximum = maximum
+        self.delay = first
+        self.retry_at = -math.inf
+
+    def failed(self, now: float) -> None:
+        self.retry_at = now + self.delay
+        self.delay = min(self.delay * 2, self.maximum)
+
+    def reset(self) -> None:
+        self.delay = self.first
+        self.retry_at = -math.inf
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.retry_at - now)

@@ -1,0 +1,157 @@
+"""Input tracking on a real private dbus-daemon: which service is followed, and when an
+input counts as stale.
+
+Publishers here are small but real BusItem services (GetItems/GetValue on their own
+connection, ItemsChanged/PropertiesChanged signals), so the tracker meets the same wire
+traffic as from Victron's services or from our own ServiceExport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_dyngen_support import Publisher, wait_until
+
+from mbclient.control.inputs import BATTERY, GRID, VEBUS, InputTracker
+
+pytestmark = pytest.mark.timeout(30)
+
+GRID_VALUES = {"/DeviceInstance": 40, "/Connected": 1, "/Ac/Power": 250.0, "/Ac/Energy/Forward": 12.5}
+
+
+async def tracker_for(address: str, **kw) -> tuple[InputTracker, asyncio.Task]:
+    tracker = InputTracker(address, (GRID, VEBUS, BATTERY), **kw)
+    task = asyncio.create_task(tracker.run())
+    await asyncio.wait_for(tracker.ready(), 5)
+    return tracker, task
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_follows_lowest_instance_and_switches_as_services_come_and_go(dbus_address):
+    a = await Publisher.start(dbus_address, "com.victronenergy.grid.meter_a", {**GRID_VALUES, "/DeviceInstance": 41})
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        assert tracker.view("grid").service == "com.victronenergy.grid.meter_a"
+        assert tracker.view("grid").fault is None
+        assert tracker.view("battery").fault == "none"  # no battery on this site
+        b = await Publisher.start(dbus_address, "com.victronenergy.grid.meter_b", {**GRID_VALUES, "/Ac/Power": 7.0})
+        await wait_until(lambda: tracker.view("grid").service == "com.victronenergy.grid.meter_b")
+        await wait_until(lambda: tracker.view("grid").values.get("/Ac/Power") == 7.0)
+        await b.close()
+        await wait_until(lambda: tracker.view("grid").service == "com.victronenergy.grid.meter_a")
+        await wait_until(lambda: tracker.view("grid").fault is None)
+        assert tracker.view("grid").get("/Ac/Power") == 250.0
+    finally:
+        await stop(task)
+        await a.close()
+
+
+@pytest.mark.asyncio
+async def test_a_configured_service_wins(dbus_address):
+    low = await Publisher.start(dbus_address, "com.victronenergy.grid.low", {**GRID_VALUES, "/DeviceInstance": 30})
+    high = await Publisher.start(dbus_address, "com.victronenergy.grid.high", {**GRID_VALUES, "/DeviceInstance": 50})
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        assert tracker.view("grid").service == "com.victronenergy.grid.low"
+        tracker.prefer("grid", "com.victronenergy.grid.high")
+        await wait_until(lambda: tracker.view("grid").service == "com.victronenergy.grid.high")
+        await wait_until(lambda: tracker.view("grid").fault is None)
+        tracker.prefer("grid", None)
+        await wait_until(lambda: tracker.view("grid").service == "com.victronenergy.grid.low")
+    finally:
+        await stop(task)
+        await low.close()
+        await high.close()
+
+
+@pytest.mark.asyncio
+async def test_battery_prefers_connected_then_lowest_instance(dbus_address):
+    off = await Publisher.start(dbus_address, "com.victronenergy.battery.off",
+                                {"/DeviceInstance": 0, "/Connected": 0, "/Dc/0/Power": 1.0})
+    on = await Publisher.start(dbus_address, "com.victronenergy.battery.on",
+                               {"/DeviceInstance": 5, "/Connected": 1, "/Dc/0/Power": 300.0, "/Soc": 55.0})
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        view = tracker.view("battery")
+        assert view.service == "com.victronenergy.battery.on"
+        assert (view.get("/Dc/0/Power"), view.get("/Soc")) == (300.0, 55.0)
+    finally:
+        await stop(task)
+        await off.close()
+        await on.close()
+
+
+@pytest.mark.asyncio
+async def test_values_arrive_by_items_changed_and_properties_changed(dbus_address):
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.sig", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        assert tracker.view("grid").get("/Ac/Energy/Forward") == 12.5
+        grid.update({"/Ac/Power": -120.0, "/Ac/Energy/Forward": 12.6})  # one ItemsChanged
+        await wait_until(lambda: tracker.view("grid").get("/Ac/Power") == -120.0)
+        assert tracker.view("grid").get("/Ac/Energy/Forward") == 12.6
+        grid.update({"/Ac/Power": 55.5}, per_path=True)  # PropertiesChanged on the leaf
+        await wait_until(lambda: tracker.view("grid").get("/Ac/Power") == 55.5)
+        assert tracker.view("grid").age < 1.0
+    finally:
+        await stop(task)
+        await grid.close()
+
+
+@pytest.mark.asyncio
+async def test_an_unchanging_meter_that_answers_is_not_stale(dbus_address):
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.quiet", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address, stale_after=0.6)
+    try:
+        # no signal for several stale periods: liveness probes keep the age low
+        t_end = time.monotonic() + 2.0
+        while time.monotonic() < t_end:
+            assert tracker.view("grid").fault is None
+            await asyncio.sleep(0.1)
+        assert grid.calls["GetValue"] >= 2
+    finally:
+        await stop(task)
+        await grid.close()
+
+
+@pytest.mark.asyncio
+async def test_stale_rules(dbus_address):
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.rules", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address, stale_after=0.6, call_timeout=0.3)
+    try:
+        grid.update({"/Ac/Power": None})  # our meters invalidate values when asleep
+        await wait_until(lambda: tracker.view("grid").fault == "invalid")
+        grid.update({"/Ac/Power": 10.0, "/Connected": 0})
+        await wait_until(lambda: tracker.view("grid").fault == "disconnected")
+        grid.update({"/Connected": 1})
+        await wait_until(lambda: tracker.view("grid").fault is None)
+        grid.freeze()  # alive on the bus, but neither signals nor answers
+        await wait_until(lambda: tracker.view("grid").fault == "silent", timeout=3)
+        grid.thaw()
+        grid.update({"/Ac/Power": 11.0})
+        await wait_until(lambda: tracker.view("grid").fault is None)
+        await grid.close()
+        await wait_until(lambda: tracker.view("grid").fault == "gone")
+        assert tracker.view("grid").get("/Ac/Power") is None  # stale values are never used
+    finally:
+        await stop(task)
+
+
+@pytest.mark.asyncio
+async def test_a_vanished_meter_is_noticed_without_waiting_for_the_timeout(dbus_address):
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.vanish", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address, stale_after=30.0)
+    try:
+        tracker.changed.clear()
+        await grid.close()
+        await asyncio.wait_for(tracker.changed.wait(), 2)
+        await wait_until(lambda: tracker.view("grid").fault == "gone", timeout=1)
+    finally:
+        await stop(task)

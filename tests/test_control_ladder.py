@@ -1,0 +1,276 @@
+"""The decision ladder on recorded input sequences: every status, every threshold both ways.
+
+Pure code (no bus, no clock): what a site owner relies on is that the controller limits
+only inside the configured energy band, gives full power when the battery wants charge,
+never fights ESS, goes to the safe limit when the grid meter cannot be trusted, and does
+not write the inverter on every wiggle.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mbclient.control import ladder as L
+from mbclient.control.ladder import KEEP, Action, Ladder, LadderSettings, Snapshot, decide, demand
+
+RATED = 3000.0  # deliberately not the seed's 4200 W constant
+ON = LadderSettings(energy_difference=100.0, derate=True)
+
+# a site inside the limiting band: C - energyDifference = -50 kWh, sunny, battery full
+BASE = Snapshot(
+    grid_power=-400.0, grid_energy=50.0, pv_power=1500.0, rated_power=RATED,
+    vebus_power=0.0, vebus_state=5, led_bulk=0, led_absorption=0,
+    battery_power=0.0, battery_voltage=54.8, soc=95.0,
+)
+
+
+def status(snapshot: Snapshot, cfg: LadderSettings = ON) -> str:
+    return decide(snapshot, cfg).status
+
+
+# -- every status is reachable ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cfg", "changes", "expected", "action"),
+    [
+        (LadderSettings(), {}, L.NOT_CONFIGURED, Action.RELEASE),
+        (LadderSettings(energy_difference=100.0), {}, L.G100, Action.RELEASE),
+        (ON, {"ess_active": True}, L.ESS_CONTROLS, Action.RELEASE),
+        (ON, {"grid_fault": "silent"}, L.FAIL_SAFE, Action.SAFE),
+        (ON, {"pv_power": 10.0}, L.PV_OFFLINE, Action.HOLD),
+        (ON, {"battery_power": 800.0, "soc": 60.0}, L.CHARGING, Action.FULL),
+        (ON, {}, L.LIMITING, Action.LIMIT),
+        (ON, {"grid_energy": 350.0}, L.OUT_OF_RANGE, Action.FULL),
+        (ON, {"grid_energy": 120.0}, L.NOT_LIMITING, Action.FULL),
+    ],
+)
+def test_each_status_is_reachable(cfg, changes, expected, action):
+    d = decide(BASE.with_(**changes), cfg)
+    assert (d.status, d.action) == (expected, action)
+
+
+def test_statuses_are_distinct_texts():
+    assert len(set(L.ALL_STATUSES)) == len(L.ALL_STATUSES)
+
+
+# -- precedence ---------------------------------------------------------------------------------
+def test_configuration_checks_come_before_everything():
+    broken = BASE.with_(grid_fault="gone", ess_active=True, pv_power=0.0)
+    assert status(broken, LadderSettings()) == L.NOT_CONFIGURED
+    assert status(broken, LadderSettings(energy_difference=5.0)) == L.G100
+
+
+def test_ess_wins_over_fail_safe_so_the_two_never_fight():
+    assert status(BASE.with_(ess_active=True, grid_fault="silent")) == L.ESS_CONTROLS
+
+
+def test_fail_safe_wins_over_pv_offline():
+    # the inverter may wake while the meter is lost: it must wake limited
+    assert status(BASE.with_(grid_fault="silent", pv_power=None)) == L.FAIL_SAFE
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"grid_fault": "gone"}, "gone"),
+        ({"grid_fault": "disconnected"}, "disconnected"),
+        ({"grid_power": None}, "grid power invalid"),
+        ({"grid_energy": None}, "grid energy unknown"),
+    ],
+)
+def test_fail_safe_reasons(changes, reason):
+    d = decide(BASE.with_(**changes), ON)
+    assert d.status == L.FAIL_SAFE and d.reason == reason
+
+
+# -- thresholds, both sides -------------------------------------------------------------------
+@pytest.mark.parametrize(("pv", "expected"), [(49.9, L.PV_OFFLINE), (50.0, L.LIMITING), (None, L.PV_OFFLINE)])
+def test_pv_offline_threshold(pv, expected):
+    assert status(BASE.with_(pv_power=pv)) == expected
+
+
+def test_unknown_rated_power_counts_as_offline():
+    assert status(BASE.with_(rated_power=None)) == L.PV_OFFLINE
+
+
+@pytest.mark.parametrize(
+    ("battery", "soc", "volts", "expected"),
+    [
+        (800.0, 89.9, 55.0, L.CHARGING),  # SoC below 90 %
+        (800.0, 90.0, 55.0, L.LIMITING),  # SoC at 90 %: no longer "wants charge"
+        (800.0, 95.0, 53.9, L.CHARGING),  # voltage below 54 V
+        (800.0, 95.0, 54.0, L.LIMITING),
+        (0.0, 50.0, 50.0, L.LIMITING),  # not charging at all
+        (0.1, 50.0, 55.0, L.CHARGING),
+        (800.0, None, None, L.LIMITING),  # battery unknown: limit (never export by guessing)
+    ],
+)
+def test_charging_thresholds(battery, soc, volts, expected):
+    assert status(BASE.with_(battery_power=battery, soc=soc, battery_voltage=volts)) == expected
+
+
+def test_battery_thresholds_are_settings():
+    snap = BASE.with_(battery_power=800.0, soc=92.0, battery_voltage=55.0)
+    assert status(snap) == L.LIMITING
+    assert status(snap, LadderSettings(energy_difference=100.0, derate=True, soc_threshold=95.0)) == L.CHARGING
+
+
+@pytest.mark.parametrize(
+    ("energy", "expected"),
+    [
+        (100.0 - 1.9, L.NOT_LIMITING),  # offset -1.9: above the band
+        (100.0 - 2.0, L.NOT_LIMITING),  # -2 itself is outside (strict)
+        (100.0 - 2.1, L.LIMITING),
+        (100.0 - 199.9, L.LIMITING),
+        (100.0 - 200.0, L.NOT_LIMITING),  # -200: outside the band, |offset| not > 200
+        (100.0 - 200.1, L.OUT_OF_RANGE),
+        (100.0 + 200.0, L.NOT_LIMITING),
+        (100.0 + 200.1, L.OUT_OF_RANGE),
+    ],
+)
+def test_energy_band(energy, expected):
+    assert status(BASE.with_(grid_energy=energy)) == expected
+
+
+# -- the demand L --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("changes", "extra"),
+    [
+        ({}, 0.0),
+        ({"vebus_state": 3}, 20.0),  # bulk
+        ({"led_absorption": 1}, 20.0),  # the seed pairs the absorption LED with state 3
+        ({"vebus_state": 4}, 40.0),  # absorption
+        ({"led_bulk": 1}, 40.0),
+        ({"vebus_state": 3, "led_bulk": 1}, 20.0),  # first match wins
+        ({"vebus_state": 4, "battery_power": 500.0, "soc": 50.0}, 40.0),
+        ({"battery_power": 500.0, "soc": 89.9}, 500.0),
+        ({"battery_power": 500.0, "soc": 90.0}, 0.0),
+        ({"battery_power": 500.0, "battery_voltage": 54.4}, 500.0),
+        ({"battery_power": 500.0, "battery_voltage": 54.5}, 0.0),
+        ({"battery_power": 3199.0, "soc": 50.0}, 500.0),
+        ({"battery_power": 3200.0, "soc": 50.0}, 0.0),  # charging at the ceiling already
+        ({"battery_power": 0.0, "soc": 50.0}, 0.0),
+    ],
+)
+def test_demand_offsets(changes, extra):
+    snap = BASE.with_(**changes)
+    assert demand(snap, ON) == pytest.approx(snap.grid_power + snap.pv_power + extra)
+
+
+@pytest.mark.parametrize(("battery", "subtracted"), [(-100.0, False), (-100.1, True)])
+def test_discharge_adds_the_multis_output(battery, subtracted):
+    snap = BASE.with_(battery_power=battery, vebus_power=-700.0)
+    base = snap.grid_power + snap.pv_power
+    assert demand(snap, ON) == pytest.approx(base + 700.0 if subtracted else base)
+
+
+# -- output shaping: percent of rated power, clamp, EMA 0.2, 1-point deadband ---------------------
+def limiting(load: float) -> Snapshot:
+    """A limiting snapshot whose demand L is exactly ``load`` watts."""
+    return BASE.with_(grid_power=load - BASE.pv_power)
+
+
+def test_first_limit_is_written_unsmoothed_then_ema_with_deadband():
+    lad = Ladder(ON)
+    first = lad.step(limiting(1200.0))
+    assert first.status == L.LIMITING and first.request == pytest.approx(1200.0)  # 40 %
+    # demand steps to 1500 W (50 %): EMA moves 40 -> 42 %, more than 1 point: written
+    assert lad.step(limiting(1500.0)).request == pytest.approx(0.42 * RATED)
+    # 42 -> 43.6 -> written; each later step is compared with what was last requested
+    assert lad.step(limiting(1500.0)).request == pytest.approx(0.436 * RATED)
+    # towards 44.5 %: 43.6 -> 43.78 % is within the deadband: no call
+    assert lad.step(limiting(0.445 * RATED)).request is KEEP
+
+
+def test_deadband_is_exactly_one_point():
+    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad.step(limiting(0.40 * RATED))
+    assert lad.step(limiting(0.41 * RATED)).request is KEEP  # moved 1.0 point
+    assert lad.step(limiting(0.4101 * RATED)).request == pytest.approx(0.4101 * RATED)
+
+
+def test_clamped_to_2_and_100_percent():
+    lad = Ladder(replace_cfg(smoothing=1.0))
+    assert lad.step(limiting(-500.0)).request == pytest.approx(0.02 * RATED)  # export: minimum
+    assert lad.step(limiting(5 * RATED)).request is None  # 100 % = hand back (full power)
+
+
+def test_full_power_ramps_then_releases_once():
+    lad = Ladder(ON)
+    lad.step(limiting(0.30 * RATED))
+    charging = BASE.with_(battery_power=900.0, soc=50.0)
+    requests = [lad.step(charging) for _ in range(30)]
+    assert {r.status for r in requests} == {L.CHARGING}
+    writes = [r.request for r in requests if r.request is not KEEP]
+    assert writes[0] == pytest.approx(0.44 * RATED)  # 30 + 0.2 * (100 - 30)
+    assert all(w is None or w < RATED for w in writes)
+    assert writes[-1] is None  # released to full power, once
+    assert writes.count(None) == 1
+
+
+def test_pv_offline_holds_and_resets_smoothing():
+    lad = Ladder(ON)
+    lad.step(limiting(0.30 * RATED))
+    night = lad.step(BASE.with_(pv_power=0.0))
+    assert night.status == L.PV_OFFLINE and night.request is KEEP
+    # the next value after the reset is taken as is (no ramp from stale history)
+    assert lad.step(limiting(0.80 * RATED)).request == pytest.approx(0.80 * RATED)
+
+
+def test_release_states_hand_back_once():
+    lad = Ladder(ON)
+    lad.step(limiting(900.0))
+    assert lad.step(BASE.with_(ess_active=True)).request is None
+    assert lad.step(BASE.with_(ess_active=True)).request is KEEP
+
+
+def test_fail_safe_is_immediate_and_smoothing_resumes_from_it():
+    lad = Ladder(replace_cfg(safe_limit=300.0))  # 10 % of 3000 W
+    lad.step(limiting(0.80 * RATED))
+    lost = lad.step(BASE.with_(grid_fault="silent"))
+    assert lost.status == L.FAIL_SAFE and lost.request == pytest.approx(300.0)
+    assert lad.step(BASE.with_(grid_fault="silent")).request is KEEP  # no repeated writes
+    back = lad.step(limiting(0.80 * RATED))
+    assert back.request == pytest.approx(0.24 * RATED)  # 10 + 0.2 * (80 - 10)
+
+
+def test_a_quiet_grid_meter_freezes_the_limit_without_changing_the_status():
+    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad.step(limiting(0.40 * RATED))
+    quiet = lad.step(limiting(0.70 * RATED).with_(grid_quiet=True))
+    assert quiet.status == L.LIMITING and quiet.request is KEEP
+    assert lad.step(limiting(0.70 * RATED)).request == pytest.approx(0.70 * RATED)
+
+
+def test_safe_limit_zero_means_the_minimum_percent():
+    lad = Ladder(ON)
+    assert lad.step(BASE.with_(grid_power=None)).request == pytest.approx(0.02 * RATED)
+
+
+def test_recorded_morning():
+    """A recorded-style sequence: dawn, sun, band entry, battery charging, meter loss, ESS."""
+    lad = Ladder(ON)
+    seq = [
+        (BASE.with_(pv_power=0.0, grid_power=300.0, grid_energy=110.0), L.PV_OFFLINE),
+        (BASE.with_(pv_power=400.0, grid_power=-100.0, grid_energy=110.0), L.NOT_LIMITING),
+        (BASE.with_(pv_power=1800.0, grid_power=-900.0, grid_energy=97.0), L.LIMITING),
+        (BASE.with_(pv_power=900.0, grid_power=0.0, grid_energy=97.0), L.LIMITING),
+        (BASE.with_(pv_power=900.0, grid_power=0.0, battery_power=600.0, soc=40.0), L.CHARGING),
+        (BASE.with_(pv_power=900.0, grid_power=0.0, grid_fault="silent"), L.FAIL_SAFE),
+        (BASE.with_(pv_power=900.0, grid_power=0.0, ess_active=True), L.ESS_CONTROLS),
+        (BASE.with_(pv_power=900.0, grid_power=0.0), L.LIMITING),
+    ]
+    got = [lad.step(s).status for s, _ in seq]
+    assert got == [expected for _, expected in seq]
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError):
+        LadderSettings(smoothing=0.0)
+    with pytest.raises(ValueError):
+        LadderSettings(min_percent=50.0, max_percent=20.0)
+
+
+def replace_cfg(**changes) -> LadderSettings:
+    from dataclasses import replace
+
+    return replace(ON, **changes)

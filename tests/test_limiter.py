@@ -1,0 +1,168 @@
+"""PowerLimiter decisions on a virtual clock (the bus-level behaviour is in
+test_drivers_growatt.py): what is written, when, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from mbclient.control.limiter import P_POWER_LIMIT, P_STATUS, PowerLimiter, percent_of
+from mbclient.items import ACCEPTED, NOT_WRITABLE, REJECTED, ItemStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Rig:
+    """A limiter with a virtual clock; its writes are recorded instead of sent."""
+
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        self.clock = Clock()
+        self.written: list[int] = []
+        self.wakes = 0
+        self.store = ItemStore()
+
+        async def write(pct: int) -> None:
+            self.written.append(pct)
+
+        def wake() -> None:
+            self.wakes += 1
+
+        kw.setdefault("max_power", 4200.0)
+        self.lim = PowerLimiter(write, wake=wake, clock=self.clock, **kw)
+        self.lim.add_items(self.store)
+        self.lim.enable()
+
+    async def service(self) -> bool:
+        return await self.lim.service(self.clock.t)
+
+
+def test_percent_rounds_up_and_clamps() -> None:
+    assert percent_of(2100, 4200) == 50
+    assert percent_of(2101, 4200) == 51
+    assert percent_of(42 * 3, 4200) == 3  # exact values are not pushed up by float fuzz
+    assert percent_of(0, 4200) == 0
+    assert percent_of(9999, 4200) == 100
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_written_until_somebody_asks() -> None:
+    rig = Rig()
+    assert not await rig.service()
+    rig.clock.t += 3600
+    assert not await rig.service()
+    assert rig.written == []
+    assert rig.store[P_POWER_LIMIT] == 4200.0  # published as MaxPower, like dbus-fronius
+
+
+@pytest.mark.asyncio
+async def test_ess_write_is_written_at_once_and_expires_to_maximum() -> None:
+    rig = Rig(ess_timeout=60.0)
+    assert rig.store.write(P_POWER_LIMIT, 1000) == ACCEPTED  # an int from the Modbus-TCP server
+    assert rig.wakes >= 2 and rig.lim.ess_active
+    assert await rig.service()
+    assert rig.written == [24]  # 1000 / 4200 = 23.8 % -> 24 %
+    rig.clock.t += 59
+    assert rig.store.write(P_POWER_LIMIT, 1000.0) == ACCEPTED  # keep-alive, same value
+    assert not await rig.service()  # same percent: no write
+    rig.clock.t += 59
+    assert rig.lim.ess_active and not await rig.service()
+    rig.clock.t += 2  # 61 s after the last ESS write
+    assert rig.lim.deadline(rig.clock.t) <= rig.clock.t
+    assert await rig.service()
+    assert rig.written == [24, 100] and not rig.lim.ess_active
+
+
+@pytest.mark.asyncio
+async def test_wrong_type_and_out_of_range_writes_are_refused() -> None:
+    rig = Rig()
+    assert rig.store.write(P_POWER_LIMIT, "1000") == NOT_WRITABLE
+    assert rig.store.write(P_POWER_LIMIT, -1) == REJECTED
+    assert rig.store.write(P_POWER_LIMIT, 4200.5) == REJECTED
+    assert rig.store.write(P_POWER_LIMIT, float("nan")) == REJECTED
+    assert not rig.lim.ess_active
+    assert not await rig.service() and rig.written == []
+
+
+@pytest.mark.asyncio
+async def test_controller_has_deadband_and_minimum_interval() -> None:
+    rig = Rig(min_interval=2.0, deadband=1.0)
+    rig.lim.request(2100, "dyngen")
+    assert await rig.service() and rig.written == [50]
+    rig.clock.t += 5
+    rig.lim.request(2100 + 42, "dyngen")  # 51 %: inside the deadband
+    assert not await rig.service()
+    rig.lim.request(2100 + 84, "dyngen")  # 52 %
+    assert await rig.service() and rig.written == [50, 52]
+    rig.lim.request(1000, "dyngen")  # right after a write: postponed
+    assert not await rig.service()
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t + 2.0)
+    rig.clock.t += 2.0
+    assert await rig.service() and rig.written == [50, 52, 24]
+    assert rig.lim.writes_per_hour == 3
+    rig.clock.t += 3601
+    assert rig.lim.writes_per_hour == 0
+
+
+@pytest.mark.asyncio
+async def test_ess_wins_and_the_controller_stands_aside() -> None:
+    rig = Rig(ess_timeout=10.0)
+    rig.lim.request(2100, "dyngen")
+    await rig.service()
+    assert rig.store.write(P_POWER_LIMIT, 420.0) == ACCEPTED
+    assert rig.lim.ess_active and rig.lim.source == "ess"
+    rig.lim.request(3000, "dyngen")  # ignored while ESS is active
+    assert await rig.service() and rig.written == [50, 10]
+    rig.clock.t += 11
+    assert await rig.service()  # ESS expired: back to the controller's request
+    assert rig.written == [50, 10, 72]
+
+
+@pytest.mark.asyncio
+async def test_release_writes_only_when_a_limit_is_in_force() -> None:
+    rig = Rig()
+    rig.lim.request(None, "dyngen")
+    assert not await rig.service()
+    rig.lim.request(2100, "dyngen")
+    await rig.service()
+    rig.lim.request(None, "dyngen")  # a release ignores deadband and interval
+    assert await rig.service() and rig.written == [50, 100]
+
+
+@pytest.mark.asyncio
+async def test_readback_resync_after_the_inverter_forgot() -> None:
+    rig = Rig()
+    rig.lim.request(2100, "dyngen")
+    await rig.service()
+    rig.lim.forget()  # offline
+    rig.lim.sync(255)  # woke up with "no limit"
+    rig.clock.t += 5
+    assert await rig.service() and rig.written == [50, 50]
+    rig.lim.on_readback(50, 2100.0)
+    assert rig.store[P_POWER_LIMIT] == 2100.0 and rig.lim.applied_watts == 2100.0
+
+
+@pytest.mark.asyncio
+async def test_disabled_limiter_refuses_everything() -> None:
+    rig = Rig()
+    rig.lim.disable("holding 2 = 1")
+    assert rig.store[P_POWER_LIMIT] is None  # invalid: "limiting not supported"
+    assert rig.store[P_STATUS] == "holding 2 = 1"
+    assert rig.store.write(P_POWER_LIMIT, 1000.0) == NOT_WRITABLE
+    assert rig.lim.request(1000, "dyngen") is False
+    assert not await rig.service() and rig.written == []
+
+
+@pytest.mark.asyncio
+async def test_unknown_max_power_refuses_writes() -> None:
+    rig = Rig(max_power=None)
+    assert rig.store[P_POWER_LIMIT] is None
+    assert rig.store.write(P_POWER_LIMIT, 1000.0) == NOT_WRITABLE
+    rig.lim.set_max_power(3000.0)
+    assert rig.store.item(P_POWER_LIMIT).max == 3000.0
+    assert rig.store.write(P_POWER_LIMIT, 1500.0) == ACCEPTED
+    assert await rig.service() and rig.written == [50]
