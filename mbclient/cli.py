@@ -154,7 +154,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     )
 
 
-def setup_logging(debug: bool) -> None:
+def setup_logging(debug: bool, quiet: bool = False) -> None:
     """One line per event, no timestamps of our own: multilog prefixes its TAI64N stamp.
 
     Per-transaction detail exists only at DEBUG.
@@ -166,19 +166,19 @@ def setup_logging(debug: bool) -> None:
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
 def print_models(out=sys.stdout) -> None:
     """The registry as a table (what ``--models`` prints)."""
     from .devices import all_models
 
-    rows = [("Model", "Manufacturer", "Product", "Roles")]
-    for m in sorted(all_models(), key=lambda m: m.name):
-        roles = getattr(m, "allowed_roles", None) or (getattr(m, "default_role", ""),)
-        rows.append((m.name, str(getattr(m, "vendor", "") or getattr(m, "manufacturer", "")),
-                     str(getattr(m, "product_name", "")), ",".join(roles)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = [("Model", "Manufacturer", "Product", "ProductId", "Default role", "Other roles")]
+    for m in all_models():
+        others = [r for r in m.allowed_roles if r != m.default_role]
+        rows.append((m.name, m.manufacturer, m.product_name, f"0x{m.product_id:04X}", m.default_role,
+                     ",".join(others) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
         if n == 0:
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _check_known_model(spec)
                 if spec.is_serial:
                     _check_port_exists(spec.device_path)
-            setup_logging(args.debug)
+            setup_logging(args.debug, quiet=True)  # the printed table is the output
             from .runtime.probe import run_probe
 
             return run_probe(specs)

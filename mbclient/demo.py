@@ -26,8 +26,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .liveview import LiveView
+    from .sim import Site
 
 DAEMON_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -48,8 +53,8 @@ LOAD_PROFILE = (
     (0.0, 320.0), (6.5, 950.0), (8.0, 480.0), (11.5, 1250.0), (13.0, 620.0),
     (17.5, 1600.0), (20.5, 750.0), (23.0, 320.0),
 )
-DAY = {"start_hour": 11.0, "time_scale": 60.0}  # one simulated minute per second
-NIGHT = {"start_hour": 19.5, "time_scale": 7200.0}  # two simulated hours per second, from dusk
+DAY = {"start_hour": 11.25, "time_scale": 60.0}  # one simulated minute per second; lunch at +15 s
+NIGHT = {"start_hour": 12.0, "time_scale": 7200.0}  # two simulated hours per second: dusk after ~4 s
 
 PR_SET_PDEATHSIG = 1
 
@@ -116,8 +121,8 @@ class Demo:
         self.failure: str | None = None
 
     # -- simulator ---------------------------------------------------------------------------
-    def make_site(self):  # -> Site (imported late: --help must not need the simulator)
-        from .sim import SunCurve, seed_site
+    def make_site(self) -> Site:
+        from .sim import SunCurve, seed_site  # late: --help must not need the simulator
 
         clock = NIGHT if self.args.night else DAY
         site = seed_site(
@@ -128,7 +133,7 @@ class Demo:
         site.hour = clock["start_hour"]  # seed_site settles with one long step; start where we said
         return site
 
-    def sim_line(self, site) -> str:
+    def sim_line(self, site: Site) -> str:
         inverter = "asleep" if site.sleeping else f"{site.inverter.output_w:.0f} W"
         return (f"simulated {_clock(site.hour)}  sun {site.available_sun():.0f} W  house {site.house_load():.0f} W  "
                 f"inverter {inverter}  grid {site.grid_w:+.0f} W")
@@ -219,7 +224,7 @@ class Demo:
             return 1
         return 0
 
-    async def _plain(self, view, site, started: float) -> None:
+    async def _plain(self, view: LiveView, site: Site, started: float) -> None:
         """Non-terminal output: the simulated world and the published services, every second."""
         while True:
             print(f"[{time.monotonic() - started:6.1f}s] sim {self.sim_line(site)}", flush=True)
@@ -231,14 +236,19 @@ class Demo:
                 pass
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="scripts/demo",
         description="mbclient on a simulated RS-485 bus (Growatt MIN + Eastron SDM230), published on a private D-Bus.",
     )
     p.add_argument("--seconds", type=float, default=0.0, metavar="N", help="stop after N seconds (default: Ctrl-C)")
     p.add_argument("--night", action="store_true",
-                   help="start at dusk with a fast clock (2 h per second): the inverter falls asleep and wakes")
+                   help="a fast clock (2 simulated hours per second) from the afternoon: the sun sets, the inverter falls asleep, and wakes at dawn")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="also serve Prometheus /metrics on PORT")
     p.add_argument("--plain", action="store_true", help="print lines instead of redrawing the terminal")
     p.add_argument("--keep", action="store_true", help="keep the working directory (mbclient's log, settings)")
@@ -246,11 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.seconds < 0:
-        print("demo: --seconds must not be negative", file=sys.stderr)
-        return 2
     try:
+        args = build_parser().parse_args(argv)
+        if args.seconds < 0:
+            raise ConfigError("--seconds must not be negative")
         return asyncio.run(Demo(args).run())
     except ConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)

@@ -168,7 +168,7 @@ class DeviceEntry:
     store: ItemStore
     stats: UnitStats | Callable[[], UnitStats] | None = None
     refresh_interval: Callable[[], float | None] | None = None
-    _states_seen: list[str] = field(default_factory=list, repr=False)
+    states_seen: list[str] = field(default_factory=list, repr=False)  # for mbclient_device_state
 
     def service_name(self) -> str:
         return self.service() if callable(self.service) else self.service
@@ -309,11 +309,11 @@ class MetricsRegistry:
 
         state = store.get(STATE_PATH)
         if isinstance(state, str) and state:
-            if state not in entry._states_seen:
-                entry._states_seen.append(state)
-        if entry._states_seen:
+            if state not in entry.states_seen:
+                entry.states_seen.append(state)
+        if entry.states_seen:
             fam = exp.family(PREFIX + "device_state", "gauge", "Device task state (1 = current)")
-            for s in entry._states_seen:
+            for s in entry.states_seen:
                 fam.add({**svc, "state": s}, 1 if s == state else 0)
 
         refresh = entry.refresh_interval() if entry.refresh_interval is not None else store.get(REFRESH_PATH)
@@ -370,7 +370,10 @@ def supervisor_devices(supervisor: Any) -> Callable[[], Iterable[DeviceEntry]]:
     states: dict[int, list[str]] = {}
 
     def entries() -> Iterator[DeviceEntry]:
-        for running in list(getattr(supervisor, "running", {}).values()):
+        current = list(getattr(supervisor, "running", {}).values())
+        for gone in set(states) - {id(r) for r in current}:  # devices removed from the configuration
+            del states[gone]
+        for running in current:
             task = getattr(running, "task", None)
             store = getattr(task, "store", None)
             if task is None or store is None or not getattr(task, "ident", ""):
@@ -383,7 +386,7 @@ def supervisor_devices(supervisor: Any) -> Callable[[], Iterable[DeviceEntry]]:
                 store=store,
                 stats=client.stats if client is not None else None,
                 refresh_interval=(lambda m=meter: m.interval) if meter is not None else None,
-                _states_seen=states.setdefault(id(running), []),
+                states_seen=states.setdefault(id(running), []),
             )
 
     return entries

@@ -15,6 +15,8 @@ import pytest
 from test_dyngen_support import Publisher, wait_until
 
 from mbclient.control.inputs import BATTERY, GRID, VEBUS, InputTracker
+from mbclient.dbus.service import ServiceExport
+from mbclient.items import ItemStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,3 +157,26 @@ async def test_a_vanished_meter_is_noticed_without_waiting_for_the_timeout(dbus_
         await wait_until(lambda: tracker.view("grid").fault == "gone", timeout=1)
     finally:
         await stop(task)
+
+
+@pytest.mark.asyncio
+async def test_follows_a_meter_published_by_our_own_service_export(dbus_address):
+    store = ItemStore()
+    for path, value in GRID_VALUES.items():
+        store.add(path, value)
+    export = ServiceExport(store, dbus_address)
+    await export.start("com.victronenergy.grid.own_meter")
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        await wait_until(lambda: tracker.view("grid").service == "com.victronenergy.grid.own_meter")
+        await wait_until(lambda: tracker.view("grid").get("/Ac/Power") == 250.0)
+        store.set("/Ac/Power", -75.5)
+        store.flush()  # one ItemsChanged
+        await wait_until(lambda: tracker.view("grid").get("/Ac/Power") == -75.5)
+        store.set("/Connected", 0)
+        store.set("/Ac/Power", None)
+        store.flush()
+        await wait_until(lambda: tracker.view("grid").fault == "disconnected")
+    finally:
+        await stop(task)
+        await export.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def workdir(stdout: str) -> str:
 
 
 def test_demo_shows_both_services_changing_and_exits_zero() -> None:
-    r = demo("--seconds", "10")
+    r = demo("--seconds", "8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = series(r.stdout)
     for kind in ("grid", "pvinverter"):
@@ -69,8 +70,9 @@ def test_demo_shows_both_services_changing_and_exits_zero() -> None:
     assert not Path(workdir(r.stdout)).exists()
 
 
+@pytest.mark.slow
 def test_demo_night_the_inverter_sleeps_and_wakes() -> None:
-    r = demo("--night", "--seconds", "14")
+    r = demo("--night", "--seconds", "16")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     states = [f.get("Connected") for _, f in series(r.stdout).get("pvinverter", [])]
     assert "0" in states, r.stdout[-3000:]
@@ -84,13 +86,35 @@ def test_demo_night_the_inverter_sleeps_and_wakes() -> None:
 def test_ctrl_c_stops_everything() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mbclient.demo", "--plain"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline()  # the banner with the work directory
-    marker = workdir(first)
+    marker = workdir(proc.stdout.readline())  # the banner with the work directory
+    assert len(leftovers(marker)) >= 2  # dbus-daemon and mbclient
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(leftovers(marker)) < 2:  # dbus-daemon and mbclient up
-        time.sleep(0.1)
-    time.sleep(1.0)
+    while time.monotonic() < deadline:  # until mbclient publishes: a real shutdown, not a kill at start-up
+        m = LINE.match(proc.stdout.readline())
+        if m and "Connected=1" in m.group(4):
+            break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert not leftovers(marker)
+
+
+def test_killed_demo_takes_its_children_along() -> None:
+    """Even SIGKILL (no cleanup possible) leaves nothing running: the kernel tells the children."""
+    proc = subprocess.Popen([sys.executable, "-m", "mbclient.demo", "--plain"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    marker = workdir(proc.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(leftovers(marker)) < 2:
+            time.sleep(0.1)
+        assert len(leftovers(marker)) >= 2
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while leftovers(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not leftovers(marker)
+    finally:
+        proc.stdout.close()
+        shutil.rmtree(marker, ignore_errors=True)

@@ -181,7 +181,8 @@ async def test_settings_on_dbus_switch_the_controller(dbus_address, tmp_path):
         await settings.add([DbusSetting(P_ENERGY, 0.0), DbusSetting(P_DERATE, 0)])
         assert await settings.set(P_ENERGY, 0.0) == 0 and await settings.set(P_DERATE, 0) == 0
         async with closed_loop(dbus_address, tmp_path, settings) as rig:
-            await wait_until(lambda: rig.store[STATUS] == L.NOT_CONFIGURED, timeout=5)
+            await wait_until(lambda: rig.dyngen.evaluations > 0, timeout=5)
+            assert rig.store[STATUS] == L.NOT_CONFIGURED
             # every new setting is declared, with the seed's values as defaults
             assert await settings.get(SETTINGS + "batterySocThreshold") == 90.0
             assert await settings.get(SETTINGS + "batteryChargePowerCeiling") == 3200.0

@@ -86,3 +86,37 @@ async def test_kill_9_during_write_burst_leaves_old_or_new_file(dbus_address: st
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 10)
+
+
+SAVE_BIG = """
+import sys
+from mbclient.dbus.settingsfile import SettingsFile
+n = int(sys.argv[2])
+SettingsFile(sys.argv[1]).save({f"/Settings/Big/S{i}": {"type": "s", "value": "new" * 20, "default": "",
+                                 "min": None, "max": None, "silent": False} for i in range(n)})
+"""
+
+
+async def test_kill_9_inside_a_save_keeps_the_old_file(tmp_path: Path) -> None:
+    """Kill a process while its temp file exists (the write is in progress): the real
+    file is untouched or completely new, and the leftover temp file is cleaned up."""
+    from mbclient.dbus.settingsfile import SettingsFile
+
+    file = tmp_path / "settings.json"
+    old = {"/Settings/Old/A": {"type": "i", "value": 1, "default": 0, "min": None, "max": None, "silent": False}}
+    SettingsFile(file).save(old)
+    before = file.read_bytes()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SAVE_BIG, str(file), "100000", cwd=ROOT)
+    async with asyncio.timeout(60):
+        while not list(tmp_path.glob(".settings.json.*.tmp")) and proc.returncode is None:
+            await asyncio.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    after = file.read_bytes()
+    loaded = SettingsFile(file).load()
+    if after == before:
+        assert loaded == old
+    else:  # the rename had already happened: then it is the complete new file
+        assert len(loaded) == 100000
+    assert not list(tmp_path.glob(".settings.json.*.tmp"))  # load() removed the leftover
+    assert not list(tmp_path.glob("settings.json.corrupt-*"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
@@ -150,6 +151,8 @@ class DynamicGeneration:
             call_timeout=self.options.call_timeout, tick=self.options.tick, changed=self.wake,
         )
         self.last: L.Step | None = None
+        #: (monotonic time, watts or None) of the latest limiter requests, for diagnostics
+        self.request_log: deque[tuple[float, float | None]] = deque(maxlen=1000)
         self.evaluations = 0
         self._ess = False
         self._held = False  # the last evaluation kept the limit because the grid was quiet
@@ -222,6 +225,7 @@ class DynamicGeneration:
         while nobody watches the grid meter would be the one unsafe choice.
         """
         await self._register_settings()
+        _raise_if_cancelling()
         self._unsubscribe = self.store.subscribe(self._on_store_flush)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -246,6 +250,7 @@ class DynamicGeneration:
         loop = asyncio.get_running_loop()
         next_publish = 0.0
         while True:
+            _raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.options.tick):  # not wait_for (see inputs.run)
                     await self.wake.wait()
@@ -312,9 +317,11 @@ class DynamicGeneration:
         self.evaluations += 1
         previous = self.last
         self.last = step
-        if step.request is not L.KEEP and self.limiter.request(step.request, SOURCE) is False:  # type: ignore[arg-type]
-            # refused (limiting disabled, rating unknown yet): ask again next time
-            self.ladder.shaper.forget()
+        if step.request is not L.KEEP:
+            self.request_log.append((self.tracker.clock(), step.request))
+            if self.limiter.request(step.request, SOURCE) is False:  # type: ignore[arg-type]
+                # refused (limiting disabled, rating unknown yet): ask again next time
+                self.ladder.shaper.forget()
         if previous is None or previous.status != step.status or previous.decision.reason != step.decision.reason:
             log.info("dynamic generation: %s%s", step.status,
                      f" ({step.decision.reason})" if step.decision.reason else "")
@@ -341,6 +348,18 @@ class DynamicGeneration:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _raise_if_cancelling() -> None:
+    """Honour a cancellation that an awaited library call swallowed.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result instead of raising when the
+    cancellation races with completion (SettingsClient calls use it); the task is then
+    still marked as cancelling, and without this check the controller would run on.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -194,6 +194,10 @@ class LocalSettings:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the file, export everything, then claim the name (DO_NOT_QUEUE)."""
+        try:
+            self.file.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the settings directory {self.file.path.parent}: {exc.strerror}") from None
         self.records = {p: Record(**r) for p, r in self.file.load().items()}
         self._tree.structure_changed()
         bus = await connect_bus(self.bus_address)
@@ -479,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(args.file, args.dbus, args.delay))
-    except (ConfigError, MbclientError) as exc:
+    except MbclientError as exc:  # ConfigError, ServiceError: one line, exit 2
         print(f"localsettings: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

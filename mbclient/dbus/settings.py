@@ -177,7 +177,8 @@ class SettingsClient:
         msg = Message(destination=SERVICE, path=path, interface=interface, member=member,
                       signature=signature, body=body or [])
         try:
-            return await asyncio.wait_for(self.bus.call(msg), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await self.bus.call(msg)
         except TimeoutError:
             raise SettingsError(f"{SERVICE} did not answer {member} on {path} within {self.timeout:g} s") from None
 

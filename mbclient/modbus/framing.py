@@ -81,15 +81,23 @@ def ascii_frame(unit: int, pdu: bytes) -> bytes:
     return b":" + (body + bytes((lrc(body),))).hex().upper().encode() + b"\r\n"
 
 
+_HEX_DIGITS = b"0123456789ABCDEFabcdef"
+
+
 def ascii_unframe(frame: bytes) -> tuple[int, bytes]:
-    """Parse ':' + hex + CRLF, check the LRC, return (unit, pdu). Raises FrameError."""
-    line = frame.strip()
-    if not line.startswith(b":") or len(line) < 7 or (len(line) - 1) % 2:
+    """Parse ':' + hex + CRLF, check the LRC, return (unit, pdu). Raises FrameError.
+
+    Strict about the characters: ``bytes.fromhex`` alone would skip whitespace, so a line
+    hit that turned digits into spaces could still decode (found by tests/test_fuzz_codec).
+    """
+    if not frame.startswith(b":") or not frame.endswith(b"\r\n"):
         raise FrameError("malformed ASCII frame")
-    try:
-        raw = bytes.fromhex(line[1:].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise FrameError("non-hex character in ASCII frame") from None
+    digits = frame[1:-2]
+    if len(digits) < 6 or len(digits) % 2:
+        raise FrameError("malformed ASCII frame")
+    if digits.translate(None, _HEX_DIGITS):
+        raise FrameError("non-hex character in ASCII frame")
+    raw = bytes.fromhex(digits.decode("ascii"))
     body, check = raw[:-1], raw[-1]
     if lrc(body) != check:
         raise FrameError("ASCII LRC mismatch")

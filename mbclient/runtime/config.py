@@ -12,10 +12,6 @@ from ..spec import DeviceSpec
 
 MB = 1024 * 1024
 
-# Roles whose service carries a writable /Position (0 AC input 1, 1 AC output, 2 AC input 2).
-# The grid and genset meters are the AC input itself, so they have none (as upstream).
-POSITION_ROLES = frozenset({"pvinverter", "acload", "evcharger", "heatpump"})
-
 
 @dataclass(slots=True)
 class RuntimeConfig:
@@ -36,10 +32,10 @@ class RuntimeConfig:
     backoff_jitter: float = 0.1
     link_down_cap: float = 5.0  # probe a lost port more often: reopening costs no bus time
     fail_threshold: int = 2  # consecutive failures before FAILING (one lost reply is line noise)
+    refused_pause: float = 1.0  # after a Modbus exception reply, before asking again
     probe_timeout: float | None = None  # None: the driver's own timeout
     identify_timeout: float = 1.0
     idle_tick: float = 1.0  # longest sleep of an online device task between cycles
-    poll_tick: float = 0.05  # cycle period when the driver cannot say when it is next due
 
     # -- health --------------------------------------------------------------------------------
     stats_interval: float = 5.0  # /Mgmt/Stats/* at most this often (no signal storm)

@@ -6,9 +6,10 @@ States (logged once per transition, never once per timeout)::
                               ^                       |                  |
                               +------- answers -------+------------------+
 
-* ONLINE: polled by refresh class on the driver's own schedule; one store flush per cycle.
-* FAILING: consecutive failures; values kept; retried with exponential backoff (one probe
-  per interval, so a silent unit costs the bus almost nothing).
+* ONLINE: polled by refresh class on the driver's own schedule; one store flush per cycle;
+  pending writes serviced as soon as the driver's ``wakeup`` event fires.
+* FAILING: consecutive failures; values kept; retried with exponential backoff, one
+  probe (one transaction) per interval, so a silent unit costs the bus almost nothing.
 * ASLEEP: ``/Connected`` = 0, live values invalid (``driver.go_offline()``), cumulative
   counters kept; still probed with backoff; the service stays on the bus. A lost serial
   port (LinkDown) goes straight here.
@@ -16,9 +17,9 @@ States (logged once per transition, never once per timeout)::
 A device whose model and serial are known from an earlier run is published at start,
 already ASLEEP, so a GX rebooted at night still shows its sleeping inverter.
 
-Registration happens exactly once per identity: waking up never re-registers. Only a
-different serial answering at the same address (the device was swapped) tears the
-service down and starts over.
+Registration happens once per identity: waking up never re-registers. Only a different
+serial answering at the same address (the device was swapped) tears the service down and
+starts over.
 """
 
 from __future__ import annotations
@@ -27,20 +28,24 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 
+from .. import devices
+from ..dbus.service import ServiceExport
+from ..dbus.settings import ClassAndInstance, Setting, SettingsClient, device_setting, mirror_setting
 from ..errors import ConfigError, FrameError, LinkDown, ModbusError, ModbusExceptionResponse, ModbusTimeout
 from ..items import ItemStore
 from ..spec import DeviceSpec
 from ..transports.base import UnitClient
 from . import service_paths as sp
 from .backoff import Backoff
-from .config import POSITION_ROLES, RuntimeConfig
+from .config import RuntimeConfig
 from .health import HealthPublisher
-from .identity import KnownIdentity, ident_part, identity_from_settings, identity_to_settings, memory_settings
+from .identity import KnownIdentity, identity_from_settings, identity_to_settings, memory_settings
 
 log = logging.getLogger("mbclient.device")
 
@@ -53,7 +58,7 @@ class DeviceState(enum.Enum):
 
 
 class DeviceReplaced(Exception):
-    """Another serial answers at this address: start the lifecycle over."""
+    """Another device answers at this address: start the lifecycle over."""
 
 
 class _Log(logging.LoggerAdapter):
@@ -63,11 +68,12 @@ class _Log(logging.LoggerAdapter):
         return f"[{self.extra['spec']}] {msg}", kwargs
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """A few words for the log: why a transaction or an identification failed."""
     if isinstance(exc, ModbusTimeout):
         return "timeout"
     if isinstance(exc, LinkDown):
-        return f"port down ({exc})" if str(exc) else "port down"
+        return str(exc) or "port down"
     if isinstance(exc, FrameError):
         return f"bad reply ({exc})" if str(exc) else "bad reply"
     return str(exc) or type(exc).__name__
@@ -75,50 +81,16 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass
 class RuntimeContext:
-    """What every device task shares: configuration, links, settings, service factory."""
+    """What every device task shares: configuration, links and the settings client."""
 
     config: RuntimeConfig
     links: Any  # LinkPool: .get(spec) -> Link
-    settings: Any  # SettingsClient
-    export_factory: Callable[[ItemStore], Any]  # store -> ServiceExport (start/rename/stop)
-    registry: Any = None  # module with get_model/identify; default mbclient.devices
-    options_factory: Callable[[DeviceSpec], Any] | None = None  # spec -> DeviceOptions
-    clock: Callable[[], float] = field(default=time.monotonic)
+    settings: SettingsClient
+    options_factory: Callable[[DeviceSpec], devices.DeviceOptions] | None = None
 
-    def devices(self) -> Any:
-        if self.registry is None:
-            from .. import devices
-
-            self.registry = devices
-        return self.registry
-
-
-def _model_attr(model: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        v = getattr(model, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def service_ident(model: Any, serial: str) -> str:
-    """``<prefix>_<serial>``: the bus-name suffix and the /Settings/Devices element."""
-    custom = getattr(model, "ident", None)
-    if callable(custom):
-        return ident_part(custom(serial))
-    prefix = _model_attr(model, "prefix", "vendor_prefix", "ident_prefix", default=model.name)
-    return ident_part(f"{prefix}_{serial}")
-
-
-def parse_class_instance(value: Any) -> tuple[str, int] | None:
-    """``"pvinverter:20"`` -> ("pvinverter", 20); anything malformed -> None."""
-    if not isinstance(value, str) or ":" not in value:
-        return None
-    role, _, num = value.partition(":")
-    try:
-        return role, int(num)
-    except ValueError:
-        return None
+    def options(self, spec: DeviceSpec) -> devices.DeviceOptions:
+        opts = self.options_factory(spec) if self.options_factory else None
+        return opts if opts is not None else devices.DeviceOptions()
 
 
 class DeviceTask:
@@ -128,36 +100,42 @@ class DeviceTask:
         self.spec = spec
         self.ctx = ctx
         self.cfg = ctx.config
+        self.settings = ctx.settings
         self.log = _Log(log, {"spec": str(spec)})
         self.state = DeviceState.STARTING
         self.backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_cap, self.cfg.backoff_jitter)
-        self.client: UnitClient | None = None
         self.link: Any = None
-        self.model: Any = None
-        self.driver: Any = None
+        self.client: UnitClient | None = None
+        self.model: devices.Model | None = None
+        self.driver: devices.Driver | None = None
         self.known: KnownIdentity | None = None
         self.store: ItemStore | None = None
-        self.export: Any = None
+        self.export: ServiceExport | None = None
         self.health: HealthPublisher | None = None
         self.ident = ""
         self.role = ""
         self.instance = -1
-        self.never_answered = True  # in this run
+        self.never_answered = True  # in this run (a device published from memory)
         self.failures = 0  # consecutive
         self.last_ok = 0.0
         self.since = 0.0  # when the current state began
         self.next_probe = 0.0
+        self.published = anyio.Event()  # set once the service is on the bus
         self._tg: anyio.abc.TaskGroup | None = None
         self._role_lock = anyio.Lock()
-        self._unwatch: list[Callable[[], None]] = []
-        self.published = anyio.Event()  # set once the service is on the bus (tests, supervisor)
+        self._undo: list[Callable[[], None]] = []
+        self._undo_position: Callable[[], None] | None = None
+        self._memory: dict[str, Any] = {}
+        self._skip_memory = False
+        self._exceptions_seen: set[tuple[int, int]] = set()
 
-    # ------------------------------------------------------------------------------ lifecycle
     @property
     def service_name(self) -> str:
         return f"com.victronenergy.{self.role}.{self.ident}"
 
+    # ------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
+        """Until cancelled; the service is unpublished on the way out (also on errors)."""
         self.link = self.ctx.links.get(self.spec)
         self.client = UnitClient(self.link, self.spec.unit)
         try:
@@ -167,79 +145,92 @@ class DeviceTask:
                     try:
                         await self._lifecycle()
                     except DeviceReplaced as exc:
-                        self.log.warning("%s: re-registering", exc)
+                        self.log.warning("%s: registering it afresh", exc)
                         await self._unpublish()
-                        self.__reset_identity()
+                        self._forget_identity()
+        except BaseExceptionGroup as group:
+            # The helper task group wraps our own errors; hand the supervisor the error
+            # itself so its one log line names the problem.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self._unpublish()
 
-    def __reset_identity(self) -> None:
+    def _forget_identity(self) -> None:
         self.model = self.driver = self.known = self.store = self.health = None
         self.state = DeviceState.STARTING
         self.never_answered = True
+        self._skip_memory = True  # the memory describes the device that left
         self.backoff.reset()
+        self.published = anyio.Event()
 
     async def _lifecycle(self) -> None:
         remembered = await self._recall()
         if remembered is not None:
-            self.model = remembered[0]
-            self.known = remembered[1]
-            self.driver = self._create_driver()
+            self.model, self.known = remembered
+            self._create_driver()
             await self._publish(connected=False)
-            self._enter(DeviceState.ASLEEP, self.ctx.clock(),
-                        f"known from settings as {self.model.name} serial {self.known.serial}: "
-                        "published with /Connected=0 until it answers")
-            self.next_probe = self.ctx.clock()
+            self._enter(DeviceState.ASLEEP, time.monotonic(),
+                        f"not answering yet; known from an earlier run as {self.model.name} serial "
+                        f"{self.known.serial}: published as {self.service_name} with /Connected=0")
+            self.next_probe = time.monotonic()
         else:
             await self._discover()
             await self._publish(connected=True)
-            self._enter(DeviceState.ONLINE, self.ctx.clock(),
+            self.never_answered = False
+            self._enter(DeviceState.ONLINE, time.monotonic(),
                         f"online: {self.model.name} serial {self.known.serial} as {self.service_name} "
                         f"instance {self.instance}")
         await self._poll_loop()
 
     # ------------------------------------------------------------------------------- discovery
-    async def _recall(self) -> tuple[Any, KnownIdentity] | None:
+    async def _recall(self) -> tuple[devices.Model, KnownIdentity] | None:
         """The remembered (model, identity), if it fits the spec and the model still exists."""
-        values = await self.ctx.settings.add_settings(memory_settings(self.spec))
-        known = identity_from_settings(self.spec, values)
-        if known is None:
+        defs = [Setting(path, default) for path, default in memory_settings(self.spec)]
+        self._memory = dict(await self.settings.add(defs))
+        if self._skip_memory:
             return None
-        if self.spec.model and self.spec.model != known.model:
+        known = identity_from_settings(self.spec, self._memory)
+        if known is None or (self.spec.model and self.spec.model != known.model):
             return None
         try:
-            model = self.ctx.devices().get_model(known.model)
-        except Exception:  # noqa: BLE001 - a model removed since: forget it
+            return devices.get_model(known.model), known
+        except ConfigError:  # a model removed since: forget it
             return None
-        return model, known
 
-    def _create_driver(self) -> Any:
+    async def _remember(self) -> None:
+        """Store model and identity for the next start (only what changed)."""
+        assert self.known is not None
+        for path, value in identity_to_settings(self.spec, self.known).items():
+            if self._memory.get(path) != value:
+                if await self.settings.set(path, value) == 0:
+                    self._memory[path] = value
+                else:
+                    self.log.warning("settings refused %s = %r", path, value)
+
+    def _create_driver(self) -> None:
+        assert self.model is not None and self.client is not None
         self.store = ItemStore()
-        options = self.ctx.options_factory(self.spec) if self.ctx.options_factory else None
-        if options is None:
-            options = self._default_options()
-        return self.model.create(self.client, self.store, options)
-
-    def _default_options(self) -> Any:
-        try:
-            return self.ctx.devices().DeviceOptions()
-        except AttributeError:
-            return None
+        self.driver = self.model.create(self.client, self.store, self.ctx.options(self.spec))
 
     @property
-    def _timeout(self) -> float:
+    def probe_timeout(self) -> float:
         if self.cfg.probe_timeout is not None:
             return self.cfg.probe_timeout
-        return float(getattr(self.driver, "timeout", None) or getattr(self.model, "timeout", None) or 1.0)
+        return self.driver.timeout if self.driver is not None else self.cfg.identify_timeout
 
     async def _liveness_probe(self, timeout: float) -> None:
-        """One transaction: any reply, even a Modbus exception, proves the unit is awake."""
+        """One transaction: any reply, even a Modbus exception, proves the unit is awake.
+
+        With a known model it reads the model's first identity register (one it is known
+        to have); otherwise holding register 0.
+        """
         assert self.client is not None
-        identity = getattr(self.model, "identity", None) if self.model is not None else None
         try:
-            if identity:  # a register this model is known to have
-                reg = identity[0]
+            if self.model is not None and self.model.identity:
+                reg = self.model.identity[0]
                 await self.client.read(int(reg.table), reg.address, reg.words, timeout=timeout)
             else:
                 await self.client.read_holding(0, 1, timeout=timeout)
@@ -248,11 +239,10 @@ class DeviceTask:
 
     async def _discover(self) -> None:
         """Resolve the model and read the identity, backing off while the unit is silent."""
-        devices = self.ctx.devices()
         fixed = devices.get_model(self.spec.model) if self.spec.model else None
         logged = False
         while True:
-            now = self.ctx.clock()
+            started = time.monotonic()
             try:
                 if fixed is not None:
                     self.model = fixed
@@ -262,114 +252,114 @@ class DeviceTask:
                     self.model = None
                     await self._liveness_probe(self.cfg.identify_timeout)
                     self.model = await devices.identify(self.client, timeout=self.cfg.identify_timeout)
-                    if self.model is None:
-                        raise LookupError("no supported model recognises this unit")
-                self.driver = self._create_driver()
+                self._create_driver()
                 identity = await self.driver.read_identity()
                 self.known = KnownIdentity.from_driver(self.model.name, identity)
-                if not self.known.serial:
-                    raise LookupError("the unit reported no serial number")
                 self.backoff.reset()
+                self.last_ok = time.monotonic()
                 return
-            except (ModbusError, LookupError, ConfigError) as exc:
+            except (ModbusError, ConfigError) as exc:
                 delay = self.backoff.next()
                 if isinstance(exc, LinkDown):
                     delay = min(delay, self.cfg.link_down_cap)
                 if not logged:
                     self.log.info("not identified yet (%s); retrying with backoff up to %.0f s",
-                                  _reason(exc), self.cfg.backoff_cap)
+                                  reason(exc), self.cfg.backoff_cap)
                     logged = True
                 else:
-                    self.log.debug("identify failed (%s); next try in %.1f s", _reason(exc), delay)
-                await anyio.sleep(max(0.0, now + delay - self.ctx.clock()))
+                    self.log.debug("identification failed (%s); next try in %.1f s", reason(exc), delay)
+                await anyio.sleep(max(0.0, started + delay - time.monotonic()))
 
     # ------------------------------------------------------------------------------ publishing
-    def _device_setting(self, name: str) -> str:
-        return f"/Settings/Devices/{self.ident}/{name}"
+    def _setting(self, name: str) -> str:
+        return device_setting(self.ident, name)
+
+    def _position_choices(self, role: str) -> tuple[int, ...] | None:
+        return self.model.position_choices(role)
+
+    def _has_position_setting(self) -> bool:
+        return any(self._position_choices(r) for r in self.model.allowed_roles)
 
     async def _publish(self, connected: bool) -> None:
         """Register settings, build the store, export it under its service name."""
-        assert self.known is not None and self.store is not None
-        settings = self.ctx.settings
-        model = self.model
-        self.ident = service_ident(model, self.known.serial)
-        default_role = _model_attr(model, "default_role", "role", default="pvinverter")
-        allowed = tuple(_model_attr(model, "allowed_roles", "roles", default=()) or (default_role,))
-        preferred = int(_model_attr(model, "device_instance", "preferred_instance", default=20))
-        self.role, self.instance = await settings.claim_instance(self.ident, default_role, preferred)
-        if self.role not in allowed:  # the setting names a role this model cannot take
-            self.log.warning("stored role %r not allowed for %s; using %s", self.role, model.name, default_role)
-            self.role, self.instance = await settings.claim_instance(
-                self.ident, default_role, self.instance, force=True)
+        model, known, store, settings = self.model, self.known, self.store, self.settings
+        assert model is not None and known is not None and store is not None
+        self.ident = model.ident(known.serial)
+        ci = await settings.claim_device(self.ident, model.default_role, model.device_instance)
+        if ci.role not in model.allowed_roles:  # a role this model cannot take (edited by hand)
+            self.log.warning("stored role %r not allowed for %s; using %s", ci.role, model.name, model.default_role)
+            ci = await settings.set_class_and_instance(self.ident, model.default_role, ci.instance)
+        self.role, self.instance = ci.role, ci.instance
         self._set_driver_role(self.role)
-        defs: list[tuple] = [(self._device_setting("CustomName"), "")]
-        if self._has_position_setting():
-            defs.append((self._device_setting("Position"), 0, 0, 2))
-        values = await settings.add_settings(defs)
-        custom_name = values.get(self._device_setting("CustomName")) or ""
-        position = values.get(self._device_setting("Position"), 0)
 
-        store = self.store
-        product_name = str(_model_attr(model, "product_name", "product", default=model.name))
+        defs = [Setting(self._setting("CustomName"), "")]
+        if self._has_position_setting():
+            defs.append(Setting(self._setting("Position"), 0, 0, 2))
+        values = await settings.add(defs)
+
         sp.add_generic_paths(
             store,
             process_name=self.cfg.process_name,
-            connection=f"{getattr(self.link, 'name', self.spec.method)}:{self.spec.unit}",
+            connection=f"{self.link.name}:{self.spec.unit}",
             instance=self.instance,
-            product_id=_model_attr(model, "product_id"),
-            product_name=product_name,
-            known=self.known,
-            custom_name=str(custom_name),
-            on_custom_name=self._on_custom_name,
+            product_id=model.product_id,
+            product_name=model.product_name,
+            known=known,
+            custom_name=str(values.get(self._setting("CustomName"), "")),
         )
-        if len(allowed) > 1:
-            sp.add_role_paths(store, self.role, allowed, self._on_role)
-        sp.set_position_path(store, self._position_choices(self.role), int(position or 0), self._on_position)
+        if len(model.allowed_roles) > 1:
+            sp.add_role_paths(store, self.role, model.allowed_roles, self._on_role_write)
         self.driver.add_items()
         self.health = HealthPublisher(store, lambda: self.link.stats(self.spec.unit), self.cfg.stats_interval)
         self.health.add_items()
+        self._undo.append(mirror_setting(settings, store, sp.P_CUSTOM_NAME, self._setting("CustomName")))
+        await self._update_position(self.role)
         store.set(sp.P_CONNECTED, 1 if connected else 0)
         if connected:
             await self._first_poll()
-        self.health.update(self.ctx.clock(), force=True)
+        self.health.update(time.monotonic(), force=True)
         store.flush()
 
-        self.export = self.ctx.export_factory(store)
-        vreglink = getattr(self.driver, "vreglink", None)  # VREG access for VictronConnect
-        if vreglink is not None and hasattr(self.export, "export_extra"):
-            from ..dbus.vreglink import attach_vreglink
-
-            attach_vreglink(self.export, vreglink)
+        await self._remember()  # first: a restart right after publishing still knows it
+        self.export = ServiceExport(store, self.cfg.bus_address)
         await self.export.start(self.service_name)
-        self._watch_settings()
-        await self._remember()
+        self._undo.append(settings.watch_device(self.ident, self._class_instance_changed))
         self.published.set()
+
+    async def _update_position(self, role: str) -> None:
+        """/Position for roles that have one (value from settings), none for the others."""
+        store = self.store
+        choices = self._position_choices(role)
+        value = 0
+        if choices:
+            value = await self.settings.get(self._setting("Position"))
+        if self._undo_position is not None:
+            self._undo_position()
+            self._undo_position = None
+        sp.set_position_path(store, choices, int(value or 0), None)
+        if sp.P_POSITION in store:
+            self._undo_position = mirror_setting(self.settings, store, sp.P_POSITION, self._setting("Position"))
 
     async def _first_poll(self) -> None:
         """One poll before the name appears, so consumers' single scan sees real values."""
-        now = self.ctx.clock()
+        now = time.monotonic()
         try:
             await self.driver.poll(now)
-            self._ok(now)
+            self.last_ok = now
         except ModbusExceptionResponse:
-            self._ok(now)
+            self.last_ok = now
         except ModbusError as exc:
-            self.log.debug("first poll failed (%s)", _reason(exc))
-
-    async def _remember(self) -> None:
-        assert self.known is not None
-        try:
-            await self.ctx.settings.set_many(identity_to_settings(self.spec, self.known))
-        except Exception as exc:  # noqa: BLE001 - memory is a convenience, never fatal
-            self.log.warning("could not remember identity in settings: %s", exc)
+            self.log.debug("first poll failed (%s)", reason(exc))
 
     async def _unpublish(self) -> None:
-        for unwatch in self._unwatch:
-            try:
-                unwatch()
-            except Exception:  # noqa: BLE001
-                pass
-        self._unwatch.clear()
+        for undo in (*self._undo, self._undo_position):
+            if undo is not None:
+                try:
+                    undo()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+        self._undo.clear()
+        self._undo_position = None
         export, self.export = self.export, None
         if export is not None:
             try:
@@ -378,121 +368,71 @@ class DeviceTask:
                 self.log.debug("stopping service: %s", exc)
 
     # ------------------------------------------------------------------------------- roles
-    def _position_choices(self, role: str) -> tuple[int, ...] | None:
-        fn = getattr(self.model, "position_choices", None)
-        if callable(fn):
-            return fn(role)
-        return (0, 1, 2) if role in POSITION_ROLES else None
-
-    def _has_position_setting(self) -> bool:
-        allowed = _model_attr(self.model, "allowed_roles", "roles", default=()) or ()
-        return any(self._position_choices(r) for r in allowed)
-
     def _set_driver_role(self, role: str) -> None:
         """Tell the driver its role; the one role-dependent device path is handled here.
 
-        A meter in any role but grid is a "generic energy meter" (upstream convention).
+        A meter in any role but grid is a "generic energy meter" (upstream convention);
+        the driver adds that path in ``add_items`` from its role, so after a later role
+        change the runtime adds or removes it.
         """
-        setter = getattr(self.driver, "set_role", None)
-        if callable(setter):
-            setter(role)
+        driver, store = self.driver, self.store
+        if driver.role == role:
             return
-        if getattr(self.driver, "role", role) == role:
-            return
-        self.driver.role = role
-        store = self.store
-        if store is not None and getattr(self.model, "is_meter", False) and sp.P_CONNECTED in store:
+        driver.role = role
+        if self.model.is_meter and store is not None and sp.P_CONNECTED in store:
             if role == "grid":
                 store.remove("/IsGenericEnergyMeter")
             elif "/IsGenericEnergyMeter" not in store:
                 store.add("/IsGenericEnergyMeter", 1, kind=int)
 
-    # ------------------------------------------------------------------ settings <-> D-Bus paths
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._tg is not None:
             self._tg.start_soon(fn, *args)
 
-    async def _persist(self, path: str, value: Any) -> None:
-        try:
-            await self.ctx.settings.set(path, value)
-        except Exception as exc:  # noqa: BLE001
-            self.log.warning("could not store %s: %s", path, exc)
-
-    def _on_custom_name(self, value: Any) -> bool:
-        self._spawn(self._persist, self._device_setting("CustomName"), value)
-        return True
-
-    def _on_position(self, value: Any) -> bool:
-        self._spawn(self._persist, self._device_setting("Position"), int(value))
-        return True
-
-    def _on_role(self, value: Any) -> bool:
+    def _on_role_write(self, value: Any) -> bool:
+        """SetValue on /Role (validated against /AllowedRoles by the store)."""
         if value != self.role:
             self._spawn(self._change_role, str(value), None)
         return True
 
-    def _watch_settings(self) -> None:
-        s = self.ctx.settings
-        self._unwatch = [
-            s.watch(self._device_setting("CustomName"), self._custom_name_changed),
-            s.watch(self._device_setting("ClassAndVrmInstance"), self._class_instance_changed),
-        ]
-        if self._has_position_setting():
-            self._unwatch.append(s.watch(self._device_setting("Position"), self._position_changed))
-        self._unwatch = [u for u in self._unwatch if callable(u)]
-
-    def _custom_name_changed(self, value: Any) -> None:
-        if self.store is not None and isinstance(value, str):
-            self.store.set(sp.P_CUSTOM_NAME, value)
-            self.store.flush()
-
-    def _position_changed(self, value: Any) -> None:
-        if self.store is not None and sp.P_POSITION in self.store and isinstance(value, int):
-            self.store.set(sp.P_POSITION, value)
-            self.store.flush()
-
-    def _class_instance_changed(self, value: Any) -> None:
-        parsed = parse_class_instance(value)
-        if parsed is None or self.store is None:
+    def _class_instance_changed(self, ci: ClassAndInstance) -> None:
+        """ClassAndVrmInstance changed in settings (GUI VRM-instance page, or our own write)."""
+        if self.store is None:
             return
-        role, instance = parsed
-        if role != self.role:
-            self._spawn(self._change_role, role, instance)
-        elif instance != self.instance:
-            self.instance = instance
-            self.store.set(sp.P_INSTANCE, instance)
+        if ci.role != self.role:
+            self._spawn(self._change_role, ci.role, ci.instance)
+        elif ci.instance != self.instance:
+            self.instance = ci.instance
+            self.store.set(sp.P_INSTANCE, ci.instance)
             self.store.flush()
-            self.log.info("device instance now %d", instance)
+            self.log.info("device instance now %d", ci.instance)
 
     async def _change_role(self, role: str, instance: int | None) -> None:
         """Move the service to its new name (consumers rescan it) keeping the instance."""
         async with self._role_lock:
-            if role == self.role or self.store is None or self.export is None:
+            store, export = self.store, self.export
+            if role == self.role or store is None or export is None:
                 return
-            allowed = tuple(_model_attr(self.model, "allowed_roles", "roles", default=()) or ())
-            if role not in allowed:
+            if role not in self.model.allowed_roles:
                 self.log.warning("role %r not allowed for %s; keeping %s", role, self.model.name, self.role)
-                self.store.set(sp.P_ROLE, self.role) if sp.P_ROLE in self.store else None
-                self.store.flush()
+                if sp.P_ROLE in store:
+                    store.set(sp.P_ROLE, self.role)
+                    store.flush()
                 return
-            if instance is None:  # asked on /Role: write the class, let settings settle the number
-                new_role, new_instance = await self.ctx.settings.claim_instance(
-                    self.ident, role, self.instance, force=True)
-            else:  # changed in settings already
-                new_role, new_instance = role, instance
+            if instance is None:  # asked on /Role: write the class, settings settle the number
+                ci = await self.settings.set_class_and_instance(self.ident, role, self.instance)
+            else:  # already changed in settings
+                ci = ClassAndInstance(role, instance)
             old_name = self.service_name
-            self.role, self.instance = new_role, new_instance
-            store = self.store
+            self.role, self.instance = ci.role, ci.instance
             if sp.P_ROLE in store:
-                store.set(sp.P_ROLE, new_role)
-            store.set(sp.P_INSTANCE, new_instance)
-            choices = self._position_choices(new_role)
-            position = await self.ctx.settings.get(self._device_setting("Position")) if choices else 0
-            sp.set_position_path(store, choices, int(position or 0), self._on_position)
-            self._set_driver_role(new_role)
+                store.set(sp.P_ROLE, ci.role)
+            store.set(sp.P_INSTANCE, ci.instance)
+            self._set_driver_role(ci.role)
+            await self._update_position(ci.role)
             store.flush()
-            await self.export.rename(self.service_name)
-            self.log.info("role changed: %s -> %s (instance %d)", old_name, self.service_name, new_instance)
+            await export.rename(self.service_name)
+            self.log.info("role changed: %s is now %s (instance %d)", old_name, self.service_name, ci.instance)
 
     # ------------------------------------------------------------------------------- states
     def _enter(self, state: DeviceState, now: float, message: str) -> None:
@@ -505,8 +445,8 @@ class DeviceTask:
     def _ok(self, now: float) -> None:
         self.last_ok = now
         self.failures = 0
-        if self.state in (DeviceState.ONLINE, DeviceState.STARTING) or self.store is None:
-            return  # STARTING: the lifecycle announces the first ONLINE itself
+        if self.state is DeviceState.ONLINE:
+            return
         prev, since = self.state, self.since
         self.backoff.reset()
         self.store.set(sp.P_CONNECTED, 1)
@@ -516,125 +456,110 @@ class DeviceTask:
         self.failures += 1
         link_down = isinstance(exc, LinkDown)
         if self.state is DeviceState.ONLINE and self.failures < self.cfg.fail_threshold and not link_down:
-            self.log.debug("%s (%d in a row)", _reason(exc), self.failures)
+            self.log.debug("%s (%d in a row)", reason(exc), self.failures)
             return  # one lost reply on a noisy line is not a state change
         delay = self.backoff.next()
         if link_down:
             delay = min(delay, self.cfg.link_down_cap)
         self.next_probe = now + delay
+        if link_down:  # no grace for a lost port: nothing can answer until it is back
+            if self.state is not DeviceState.ASLEEP:
+                self._go_asleep(now, reason(exc))
+            return
         if self.state is DeviceState.ONLINE:
             self._enter(DeviceState.FAILING, now,
-                        f"failing: {_reason(exc)} ({self.failures} in a row); probing with backoff")
-        if link_down and self.state is not DeviceState.ASLEEP:
-            self._go_asleep(now, _reason(exc))
-        else:
-            self._check_grace(now)
-        self.log.debug("%s; next probe in %.2f s", _reason(exc), delay)
+                        f"failing: {reason(exc)} ({self.failures} in a row); probing with backoff")
+        self._check_grace(now)
 
     def _check_grace(self, now: float) -> None:
         if self.state is DeviceState.FAILING and now - self.last_ok >= self.cfg.grace:
             self._go_asleep(now, f"no answer for {now - self.last_ok:.1f} s")
 
     def _go_asleep(self, now: float, why: str) -> None:
-        assert self.store is not None and self.health is not None
         self.store.set(sp.P_CONNECTED, 0)
         self.driver.go_offline()
         self.health.refresh.gap()
         self._enter(DeviceState.ASLEEP, now, f"asleep: {why}; /Connected=0, live values invalid")
 
     # ---------------------------------------------------------------------------- polling
-    def _wakeup_event(self) -> Any:
-        return getattr(self.driver, "wakeup", None)
-
     async def _wait(self, until: float) -> None:
-        """Sleep until ``until`` or until the driver has a write pending."""
-        delay = max(0.0, until - self.ctx.clock())
-        event = self._wakeup_event()
-        if event is None or event.is_set() or delay == 0.0:
-            if delay:
-                await anyio.sleep(delay)
+        """Sleep until ``until``, or (online) until the driver has a write to send."""
+        delay = until - time.monotonic()
+        wakeup = self.driver.wakeup
+        if delay <= 0 or (self.state is DeviceState.ONLINE and wakeup.is_set()):
+            await anyio.sleep(0)  # let the other devices and D-Bus run between cycles
+            return
+        if self.state is not DeviceState.ONLINE:
+            await anyio.sleep(delay)  # writes wait for the device to answer again
             return
         with anyio.move_on_after(delay):
-            await event.wait()
-
-    def _next_poll(self, now: float) -> float:
-        nxt = getattr(self.driver, "next_deadline", None)
-        if callable(nxt):
-            return min(nxt(now), now + self.cfg.idle_tick)
-        return now + self.cfg.poll_tick
+            await wakeup.wait()
 
     async def _poll_once(self, now: float) -> None:
-        """An ONLINE/FAILING cycle: pending writes, then whatever refresh classes are due."""
-        event = self._wakeup_event()
-        if event is not None and event.is_set() and hasattr(event, "clear"):
-            event.clear()
-        await self.driver.service_writes(now)
-        if self.driver.due(now):
-            await self.driver.poll(now)
+        """An ONLINE cycle: pending writes first (priority lane), then what is due."""
+        driver = self.driver
+        await driver.service_writes(now)
+        if driver.due(now):
+            await driver.poll(now)
             self._ok(now)
             self.health.refresh.mark(now)
 
     async def _probe(self, now: float) -> None:
         """A FAILING/ASLEEP probe: one transaction; a full poll only once it answers."""
-        if self.never_answered and self.state is DeviceState.ASLEEP and self.known is not None:
-            await self._wake_remembered()
-            return
-        await self._liveness_probe(self._timeout)
+        await self._liveness_probe(self.probe_timeout)
+        if self.never_answered:
+            await self._confirm_identity()
+        now = time.monotonic()
         await self.driver.poll(now)
         self._ok(now)
         self.health.refresh.mark(now)
 
-    async def _wake_remembered(self) -> None:
-        """First answer of a device published from memory: check it is the same one."""
-        assert self.known is not None
-        await self._liveness_probe(self._timeout)
-        identity = await self.driver.read_identity()
+    async def _confirm_identity(self) -> None:
+        """First answer of a device published from memory: is it still the same one?"""
+        try:
+            identity = await self.driver.read_identity()
+        except ModbusExceptionResponse as exc:
+            raise DeviceReplaced(f"unit answers {exc}, not as a {self.model.name}") from None
         fresh = KnownIdentity.from_driver(self.model.name, identity)
-        if fresh.serial and fresh.serial != self.known.serial:
+        if fresh.serial != self.known.serial:
             raise DeviceReplaced(f"serial {fresh.serial} answers where {self.known.serial} was")
         self.never_answered = False
         if fresh != self.known:
             self.known = fresh
-            sp.set_identity(self.store, fresh, self.store.get(sp.P_PRODUCT_NAME) or "")
+            sp.set_identity(self.store, fresh, self.model.product_name)
             await self._remember()
-        now = self.ctx.clock()
-        await self.driver.poll(now)
-        self._ok(now)
-        self.health.refresh.mark(now)
 
     async def _poll_loop(self) -> None:
-        assert self.store is not None and self.health is not None
-        if self.state is DeviceState.ONLINE:
-            self.never_answered = False
-        exc_logged: set[tuple[int, int]] = set()
         while True:
-            now = self.ctx.clock()
+            now = time.monotonic()
+            refused = False
             try:
                 if self.state is DeviceState.ONLINE:
                     await self._poll_once(now)
                 elif now >= self.next_probe:
                     await self._probe(now)
             except ModbusExceptionResponse as exc:
-                # The unit is awake but refuses a register: a model/firmware mismatch,
-                # not a sleeping device. Warn once per kind, keep polling.
+                # Awake, but refusing a register: a model/firmware mismatch, not a sleeping
+                # device. Warn once per kind and keep going.
                 self._ok(now)
+                refused = True
                 key = (exc.function, exc.code)
-                if key not in exc_logged:
-                    exc_logged.add(key)
+                if key not in self._exceptions_seen:
+                    self._exceptions_seen.add(key)
                     self.log.warning("unit answers %s", exc)
-            except (ModbusTimeout, FrameError, LinkDown) as exc:
-                self._failed(now, exc)
             except ModbusError as exc:
                 self._failed(now, exc)
-            now = self.ctx.clock()
+            now = time.monotonic()
             self._check_grace(now)
             self.health.update(now)
             self.store.flush()
             if self.state is DeviceState.ONLINE:
-                until = self._next_poll(now)
+                until = min(self.driver.next_deadline(now), now + self.cfg.idle_tick)
             else:
                 until = self.next_probe
                 if self.state is DeviceState.FAILING:
                     until = min(until, self.last_ok + self.cfg.grace)
                 until = min(until, now + self.cfg.stats_interval)
+            if refused:  # whatever was refused is still due: do not ask again at once
+                until = max(until, now + self.cfg.refused_pause)
             await self._wait(until)

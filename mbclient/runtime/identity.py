@@ -38,7 +38,15 @@ def ident_part(text: str) -> str:
 
 
 def spec_key(spec: DeviceSpec) -> str:
-    """Settings element for one configured device (model suffix excluded: same device)."""
+    """Settings element for one configured device, below its port's element.
+
+    Serial: the port is the parent element, so method and unit suffice (``rtu_1``); the
+    baud rate is left out on purpose, a device keeps its identity when the line speed is
+    changed. Network: host, port and unit (``tcp_192_168_1_5_502_1``). The model suffix
+    of a spec is never part of it: naming the model does not make it another device.
+    """
+    if spec.is_serial:
+        return setting_element(f"{spec.method}_{spec.unit}")
     return setting_element(f"{spec.method}_{spec.target}_{spec.rate}_{spec.unit}")
 
 

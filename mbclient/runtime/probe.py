@@ -15,7 +15,7 @@ from ..errors import ConfigError, ModbusError
 from ..items import ItemStore
 from ..spec import DeviceSpec
 from ..transports.base import UnitClient
-from .device_task import _reason
+from .device_task import reason
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,7 +55,7 @@ async def _probe_all(specs: list[DeviceSpec], out: TextIO, err: TextIO) -> int:
             try:
                 rows = await probe_one(spec, links)
             except (ModbusError, ConfigError) as exc:
-                print(f"{spec}: {_reason(exc)}", file=err)
+                print(f"{spec}: {reason(exc)}", file=err)
                 status = EXIT_FAILED
                 continue
             print(str(spec), file=out)

@@ -48,8 +48,9 @@ def add_generic_paths(
     product_name: str,
     known: KnownIdentity | None,
     custom_name: str,
-    on_custom_name: Callable[[Any], bool],
 ) -> None:
+    """Add every generic path. Writable paths get their settings hooks from the caller
+    (``mirror_setting``): /CustomName and /Position live in settings."""
     store.add(P_PROCESS_NAME, process_name, kind=str)
     store.add(P_PROCESS_VERSION, __version__, kind=str)
     store.add(P_CONNECTION, connection, kind=str)
@@ -60,7 +61,7 @@ def add_generic_paths(
     store.add(P_HARDWARE, None, kind=str)
     store.add(P_SERIAL, None, kind=str)
     store.add(P_CONNECTED, 0, kind=int)
-    store.add(P_CUSTOM_NAME, custom_name, kind=str, writable=True, on_write=on_custom_name)
+    store.add(P_CUSTOM_NAME, custom_name, kind=str, writable=True)
     if known is not None:
         set_identity(store, known, product_name)
 
@@ -83,7 +84,7 @@ def add_role_paths(
 
 
 def set_position_path(
-    store: ItemStore, choices: tuple[int, ...] | None, value: int, on_position: Callable[[Any], bool]
+    store: ItemStore, choices: tuple[int, ...] | None, value: int, on_position: Callable[[Any], bool] | None
 ) -> None:
     """/Position exists only for roles that sit somewhere on the AC side (not grid/genset);
     ``choices`` are the values the role allows (None: no /Position in this role)."""

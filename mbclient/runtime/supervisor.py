@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from ..errors import ConfigError
-from ..items import ItemStore
+from .. import devices
+from ..dbus.settings import Setting, SettingsClient
+from ..errors import ConfigError, MbclientError
 from ..spec import DeviceSpec, parse_spec
+from ..transports import LinkPool
 from .backoff import Backoff
 from .config import RuntimeConfig
 from .device_task import DeviceTask, RuntimeContext
@@ -57,7 +59,10 @@ def parse_device_list(text: Any) -> tuple[list[DeviceSpec], list[str]]:
         if not item.strip():
             continue
         try:
-            specs.append(parse_spec(item))
+            spec = parse_spec(item)
+            if spec.model:
+                devices.get_model(spec.model)
+            specs.append(spec)
         except ConfigError as exc:
             problems.append(str(exc))
     return specs, problems
@@ -85,6 +90,8 @@ class _Running:
     spec: DeviceSpec
     scope: anyio.CancelScope
     task: DeviceTask | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    after: _Running | None = None  # a predecessor for the same unit, still unpublishing
 
 
 class Supervisor:
@@ -95,22 +102,18 @@ class Supervisor:
         config: RuntimeConfig,
         *,
         links: Any = None,
-        settings: Any = None,
-        export_factory: Callable[[ItemStore], Any] | None = None,
-        registry: Any = None,
         options_factory: Callable[[DeviceSpec], Any] | None = None,
     ) -> None:
         self.config = config
         self._links = links
-        self._settings = settings
-        self._export_factory = export_factory
-        self._registry = registry
         self._options_factory = options_factory
         self.running: dict[tuple[Any, ...], _Running] = {}
         self.saved: list[DeviceSpec] = []
         self.ctx: RuntimeContext | None = None
+        self.settings: SettingsClient | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.rss: RssWatchdog | None = None
+        self.ready = anyio.Event()
 
     # ------------------------------------------------------------------------ public view
     def device(self, spec: DeviceSpec | str) -> DeviceTask | None:
@@ -123,28 +126,12 @@ class Supervisor:
     # ------------------------------------------------------------------------------- run
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        links = self._links
-        if links is None:
-            from ..transports import LinkPool
-
-            links = LinkPool()
-        settings = self._settings
-        own_settings = settings is None
-        if settings is None:
-            from .settings_port import connect_settings
-
-            settings = await connect_settings(cfg)
-        export_factory = self._export_factory
-        if export_factory is None:
-            from ..dbus import ServiceExport
-
-            def export_factory(store: ItemStore) -> Any:
-                return ServiceExport(store, cfg.bus_address)
-
-        self.ctx = RuntimeContext(
-            config=cfg, links=links, settings=settings, export_factory=export_factory,
-            registry=self._registry, options_factory=self._options_factory,
+        links = self._links if self._links is not None else LinkPool()
+        settings = self.settings = await SettingsClient.connect(
+            cfg.bus_address, wait=cfg.settings_wait, embedded_path=cfg.settings_file,
+            force_embedded=cfg.settings_file is not None,
         )
+        self.ctx = RuntimeContext(config=cfg, links=links, settings=settings, options_factory=self._options_factory)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -154,11 +141,12 @@ class Supervisor:
                     self.rss = RssWatchdog(cfg.max_rss, cfg.rss_check_interval, cfg.rss_log_interval)
                     tg.start_soon(self.rss.run, name="rss-watchdog")
                 path = devices_setting(cfg.port_name)
-                values = await settings.add_settings([(path, "")])
-                self._saved_changed(values.get(path, ""), initial=True)
+                values = await settings.add([Setting(path, "")])
+                self._saved_changed(path, values.get(path, ""))
                 unwatch = settings.watch(path, self._saved_changed)
                 log.info("%d device(s) configured (%d from -F, %d from %s)", len(self.running),
                          len(cfg.force_devices), len(self.saved), path)
+                self.ready.set()
                 task_status.started(self)
                 try:
                     await anyio.sleep_forever()
@@ -172,11 +160,10 @@ class Supervisor:
                         await links.aclose()
                     except Exception as exc:  # noqa: BLE001 - shutting down anyway
                         log.debug("closing links: %s", exc)
-                if own_settings:
-                    await _maybe_close(settings)
+                await settings.close()
 
     # -------------------------------------------------------------------------- device list
-    def _saved_changed(self, value: Any, initial: bool = False) -> None:
+    def _saved_changed(self, _path: str, value: Any) -> None:
         specs, problems = parse_device_list(value)
         for p in problems:
             log.warning("ignoring saved device: %s", p)
@@ -186,18 +173,19 @@ class Supervisor:
     def reconcile(self) -> None:
         """Start tasks for new devices, stop those no longer configured."""
         wanted = merge_specs(self.config.force_devices, self.saved)
+        stopping: dict[tuple[Any, ...], _Running] = {}
         for key, r in list(self.running.items()):
             if wanted.get(key) != r.spec:
                 log.info("[%s] removed from the configuration: stopping", r.spec)
                 r.scope.cancel()
-                del self.running[key]
+                stopping[key] = self.running.pop(key)
         for key, spec in wanted.items():
             if key not in self.running:
-                self._start(key, spec)
+                self._start(key, spec, after=stopping.get(key))
 
-    def _start(self, key: tuple[Any, ...], spec: DeviceSpec) -> None:
+    def _start(self, key: tuple[Any, ...], spec: DeviceSpec, after: _Running | None = None) -> None:
         assert self._tg is not None
-        r = _Running(spec, anyio.CancelScope())
+        r = _Running(spec, anyio.CancelScope(), after=after)
         self.running[key] = r
         self._tg.start_soon(self._run_device, r, name=f"device {spec}")
 
@@ -205,32 +193,29 @@ class Supervisor:
         """Run one device forever; a crash is logged and the device restarted after a pause."""
         assert self.ctx is not None
         restart = Backoff(base=5.0, cap=300.0)
-        with r.scope:
-            while True:
-                r.task = DeviceTask(r.spec, self.ctx)
-                try:
-                    await r.task.run()
-                    return
-                except Exception as exc:
-                    if self.config.exit_on_error:
-                        log.error("[%s] %s: exiting (-x)", r.spec, exc)
-                        raise FatalDeviceError(f"{r.spec}: {exc}") from exc
-                    delay = restart.next()
-                    log.exception("[%s] device task failed (%s); restarting it in %.0f s", r.spec, exc, delay)
-                await anyio.sleep(delay)
-
-
-async def _maybe_close(obj: Any) -> None:
-    for name in ("aclose", "close"):
-        fn = getattr(obj, name, None)
-        if callable(fn):
-            try:
-                res = fn()
-                if hasattr(res, "__await__"):
-                    await res
-            except Exception as exc:  # noqa: BLE001
-                log.debug("closing %r: %s", obj, exc)
-            return
+        try:
+            with r.scope:
+                if r.after is not None:  # same unit, new spec: let the old service go first
+                    await r.after.done.wait()
+                    r.after = None
+                while True:
+                    r.task = DeviceTask(r.spec, self.ctx)
+                    try:
+                        await r.task.run()
+                        return
+                    except Exception as exc:
+                        if self.config.exit_on_error:
+                            log.error("[%s] %s: exiting (-x)", r.spec, exc)
+                            raise FatalDeviceError(f"{r.spec}: {exc}") from exc
+                        delay = restart.next()
+                        if isinstance(exc, MbclientError):  # a known condition: one line
+                            log.error("[%s] device task failed: %s; restarting it in %.0f s", r.spec, exc, delay)
+                        else:  # a bug: the traceback is worth its lines
+                            log.exception("[%s] device task failed (%s); restarting it in %.0f s",
+                                          r.spec, exc, delay)
+                    await anyio.sleep(delay)
+        finally:
+            r.done.set()
 
 
 def _flatten(exc: BaseException) -> list[BaseException]:
@@ -269,10 +254,12 @@ def run_supervisor(config: RuntimeConfig) -> int:
             return EXIT_RSS
         if any(isinstance(e, KeyboardInterrupt) for e in errors):
             return EXIT_OK
-        fatal = [e for e in errors if isinstance(e, (FatalDeviceError, ConfigError))]
-        if fatal:
-            log.error("%s", fatal[0])
-            return EXIT_ERROR if isinstance(fatal[0], FatalDeviceError) else 2
+        if any(isinstance(e, FatalDeviceError) for e in errors):
+            return EXIT_ERROR  # already logged by the device's task
+        config_errors = [e for e in errors if isinstance(e, ConfigError)]
+        if config_errors:  # e.g. the bus is unreachable, settings already served elsewhere
+            log.error("%s", config_errors[0])
+            return 2
         log.critical("unexpected error", exc_info=exc)
         return EXIT_ERROR
     return EXIT_OK

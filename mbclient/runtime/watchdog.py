@@ -167,7 +167,6 @@ class RssWatchdog:
         log.info("rss %.1f MB at start, ceiling %.0f MB", self.start_rss / MB, self.max_rss / MB)
         last_log = t0
         while True:
-            await anyio.sleep(self.check_interval)
             rss = self.read()
             self.peak_rss = max(self.peak_rss, rss)
             now = time.monotonic()
@@ -178,3 +177,4 @@ class RssWatchdog:
             if now - last_log >= self.log_interval:
                 last_log = now
                 log.info("%s", self.growth_text(rss, now - t0))
+            await anyio.sleep(self.check_interval)

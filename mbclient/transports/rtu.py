@@ -49,7 +49,9 @@ Line policy (times are the asyncio loop clock; ``c`` is one character time at th
    in flight fails with ``LinkDown``; the port is reopened lazily by the next request,
    with backoff 0.5 s doubling to 10 s (reset by the first reply after a reopen); while
    backing off every request - including those already queued - fails fast with
-   ``LinkDown``. A TCP gateway that closed an idle connection is reconnected at once; if
+   ``LinkDown``. Except: a serial port whose device node had vanished (adapter pulled) is
+   reopened by the first request after the node exists again, with the backoff starting
+   over - a returning adapter is back within one poll, not after up to 10 s of backoff. A TCP gateway that closed an idle connection is reconnected at once; if
    it closed it just as a request went out (no reply byte came back), the request is
    sent once more on a new connection.
 8. **Accounting** per unit (``UnitStats``): valid replies (and exception replies) count as
@@ -71,6 +73,7 @@ import asyncio
 import errno
 import logging
 import math
+import os
 
 import serial
 import serial_asyncio_fast
@@ -166,6 +169,7 @@ class RtuLink:
         self._backoff = backoff or Backoff()
         self._line: StreamLine | None = None
         self._down_reason = "not connected"
+        self._node_gone = False  # the serial device node was missing at the last failure
         self._closed = False
         self._tx_end = -math.inf
         # the transaction on the wire (one at a time): kept as attributes, not an object
@@ -264,13 +268,14 @@ class RtuLink:
         loop = asyncio.get_running_loop()
         now = loop.time()
         wait = self._backoff.remaining(now)
-        if wait > 0:
+        if wait > 0 and not self._node_returned():
             raise LinkDown(f"{self.name}: {self._down_reason} (next attempt in {wait:.1f} s)")
         try:
             line = await self._open(loop)
         except LinkDown as exc:
             self._down_reason = str(exc)
             self._backoff.failed(loop.time())
+            self._node_gone = self._device is not None and not os.path.exists(self._device)
             raise LinkDown(f"{self.name}: {exc}") from None
         if self._closed:
             await line.aclose()
@@ -281,6 +286,14 @@ class RtuLink:
         self._open_txn = False
         self._sent_on_line = 0
         return line
+
+    def _node_returned(self) -> bool:
+        """Policy 7's exception: the vanished device node exists again (a stat, no bus time)."""
+        if not self._node_gone or self._device is None or not os.path.exists(self._device):
+            return False
+        self._node_gone = False
+        self._backoff.reset()  # a re-plugged adapter is a fresh start (udev may still be busy)
+        return True
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> StreamLine:
         line = StreamLine(loop)
@@ -319,6 +332,8 @@ class RtuLink:
         self._down_reason = f"port lost ({err})" if err else "connection closed"
         if self._is_serial or in_flight:
             self._backoff.failed(line.loop.time())
+        if self._device is not None:
+            self._node_gone = not os.path.exists(self._device)
         if not self._closed:
             log.warning("%s: %s", self.name, self._down_reason)
         if line.transport is not None and not line.transport.is_closing():
@@ -394,7 +409,7 @@ class RtuLink:
             if rx:
                 kind, start, end = scan(rx, unit, function)
                 if kind == FRAME:
-                    if line.last_rx - char * (end - start) < line.accept_from:
+                    if line.arrival(end - 1) - char * (end - start) < line.accept_from:
                         junk = junk or "a stale frame (sent before the request could be answered)"
                         del rx[:end]
                         continue

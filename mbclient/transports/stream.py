@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 
 MAX_BUFFER = 2048  # a Modbus ADU is at most 256 bytes (RTU) / 513 characters (ASCII)
+ARRIVALS_KEPT = 64  # chunks whose arrival time ``arrival()`` can tell (older: ``last_rx``)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -31,6 +33,8 @@ class StreamLine(asyncio.Protocol):
         self.last_rx = -math.inf  # loop time of the last arrival (accepted or dropped)
         self.accept_from = math.inf  # arrivals before this loop time are dropped
         self.dropped = 0  # bytes dropped on arrival (late replies, chatter while idle)
+        self.accepted = 0  # bytes ever appended to rx (rx is always a suffix of them)
+        self._chunks: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)  # (accepted, time)
         self.closed = False
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -48,6 +52,8 @@ class StreamLine(asyncio.Protocol):
             return
         rx = self.rx
         rx += data
+        self.accepted += len(data)
+        self._chunks.append((self.accepted, now))
         if len(rx) > MAX_BUFFER:  # a babbling line cannot grow memory
             del rx[: len(rx) - MAX_BUFFER]
         waiter = self._waiter
@@ -67,6 +73,19 @@ class StreamLine(asyncio.Protocol):
             self._closed_fut.set_result(None)
 
     # -- reader side -------------------------------------------------------------------------
+    def arrival(self, index: int) -> float:
+        """Loop time at which ``rx[index]`` arrived (``last_rx`` once that is forgotten).
+
+        Readers only ever delete from the front of ``rx``, so it is the tail of all the
+        bytes accepted and ``index`` maps onto that count. A frame's age must come from its
+        own last byte, not from whatever arrived after it (tests/test_fuzz_links.py).
+        """
+        absolute = self.accepted - len(self.rx) + index
+        for end, when in self._chunks:
+            if absolute < end:
+                return when
+        return self.last_rx
+
     async def wait(self, until: float) -> None:
         """Return when bytes are accepted, the line closes, or the loop clock reaches ``until``."""
         if self.closed:

@@ -224,7 +224,8 @@ else
     [ "$n_begin" = "$n_end" ] && [ "$n_begin" -le 1 ] || die "$rc has an unbalanced '$begin' block: fix it by hand"
     # Replace our block (or add it), before a final 'exit' line if there is one, so that
     # it actually runs; every other line stays exactly as it was.
-    awk -v begin="$begin" -v end="$end" -v block="$block" '
+    # (the block travels in the environment: awk -v would mangle its newlines on some awks)
+    BLOCK=$block awk -v begin="$begin" -v end="$end" '
         $0 == begin { skip = 1; next }
         skip && $0 == end { skip = 0; next }
         skip { next }
@@ -234,7 +235,7 @@ else
             while (last > 0 && line[last] ~ /^[ \t]*$/) last--
             at = (last > 0 && line[last] ~ /^[ \t]*exit([ \t;]|$)/) ? last : n + 1
             for (i = 1; i < at; i++) print line[i]
-            print block
+            print ENVIRON["BLOCK"]
             for (i = at; i <= n; i++) print line[i]
         }' "$rc" >"$rc.$NAME.new"
     cat "$rc.$NAME.new" >"$rc"  # same file, same owner and mode
