@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(instead of com.victronenergy.settings)")
     p.add_argument("--max-rss", type=_non_negative_float, default=150.0, metavar="MB",
                    help="exit cleanly when the resident set exceeds this many MB (default 150, 0: off)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="HTTP port for /metrics (reserved)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (off by default)")
     p.add_argument("--stall-timeout", type=_non_negative_float, default=30.0, metavar="SECONDS",
                    help="exit with a stack dump when the event loop is blocked this long (default 30, 0: off)")
     p.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS",

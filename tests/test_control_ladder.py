@@ -191,10 +191,10 @@ def test_deadband_is_exactly_one_point():
 def test_clamped_to_2_and_100_percent():
     lad = Ladder(replace_cfg(smoothing=1.0))
     assert lad.step(limiting(-500.0)).request == pytest.approx(0.02 * RATED)  # export: minimum
-    assert lad.step(limiting(5 * RATED)).request is None  # 100 % = hand back (full power)
+    assert lad.step(limiting(5 * RATED)).request == pytest.approx(RATED)  # 100 %
 
 
-def test_full_power_ramps_then_releases_once():
+def test_full_power_ramps_then_asks_for_100_percent_once():
     lad = Ladder(ON)
     lad.step(limiting(0.30 * RATED))
     charging = BASE.with_(battery_power=900.0, soc=50.0)
@@ -202,9 +202,15 @@ def test_full_power_ramps_then_releases_once():
     assert {r.status for r in requests} == {L.CHARGING}
     writes = [r.request for r in requests if r.request is not KEEP]
     assert writes[0] == pytest.approx(0.44 * RATED)  # 30 + 0.2 * (100 - 30)
-    assert all(w is None or w < RATED for w in writes)
-    assert writes[-1] is None  # released to full power, once
-    assert writes.count(None) == 1
+    assert writes == sorted(writes)  # a ramp, no overshoot
+    # full power is our own request (spaced by the limiter), not a release (written at once)
+    assert writes[-1] == pytest.approx(RATED) and writes.count(RATED) == 1
+    assert None not in writes
+
+
+def test_full_power_from_the_start_needs_no_request():
+    lad = Ladder(ON)
+    assert lad.step(BASE.with_(battery_power=900.0, soc=50.0)).request is KEEP
 
 
 def test_pv_offline_holds_and_resets_smoothing():

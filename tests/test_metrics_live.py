@@ -62,3 +62,29 @@ async def test_metrics_of_a_running_supervisor(dbus_address: str, rtu_port, runn
         assert by_kind(body, "mbclient_modbus_transactions_total")["grid"] > tx["grid"]
         assert by_kind(body, "mbclient_refresh_interval_seconds")["grid"] > 0
         tg.cancel_scope.cancel()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_metrics_port_option_serves_from_the_supervisor(dbus_address: str, rtu_port, running_site,
+                                                              tmp_path) -> None:
+    """``--metrics-port`` (RuntimeConfig.metrics_port) starts the server with the devices."""
+    specs = [parse_spec(f"rtu:{rtu_port.path}:9600:2:sdm230")]
+    port = _free_port()
+    cfg = RuntimeConfig(bus_address=dbus_address, settings_file=str(tmp_path / "settings.xml"), settings_wait=0.2,
+                        force_devices=specs, stall_timeout=0, max_rss=0, stats_interval=0.5, metrics_port=port)
+    async with anyio.create_task_group() as tg:
+        await tg.start(Supervisor(cfg).run)
+        with anyio.fail_after(30):
+            while True:
+                _, _, body = await http_get(port)
+                if by_kind(body, "mbclient_connected") == {"grid": 1}:
+                    break
+                await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()

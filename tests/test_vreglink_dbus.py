@@ -143,7 +143,6 @@ async def test_interface_less_calls_from_jeepney_and_the_busitem_side(dbus_addre
     }
 
 
-@pytest.mark.xfail(reason="runtime SettingsPort and dbus SettingsClient not integrated yet (lead)", strict=False)
 async def test_the_runtime_publishes_a_victron_meter_with_vreglink(dbus_address: str, tmp_path) -> None:  # noqa: ANN001
     """The whole service: supervisor, identify by product id, VregLink attached before the
     name appears, /CustomName written to the meter through VREG 0x010C."""

@@ -51,7 +51,7 @@ class Action(enum.Enum):
 
     RELEASE = "release"  # not ours to control: give the limiter back (None = full power)
     HOLD = "hold"  # leave whatever is applied (the inverter is asleep, writes are pointless)
-    FULL = "full"  # smoothly towards 100 %, then release
+    FULL = "full"  # smoothly towards 100 % (kept as our request: the limiter spaces it)
     LIMIT = "limit"  # smoothly towards ``Decision.target`` watts
     SAFE = "safe"  # the safe limit, at once (no smoothing: this is the fail-safe)
 
@@ -250,14 +250,13 @@ class Shaper:
         ema = target if self.ema is None else self.ema + cfg.smoothing * (target - self.ema)
         self.ema = ema
         full = ema >= cfg.max_percent - cfg.deadband and target >= cfg.max_percent
-        if full:  # close enough to full power: hand the inverter back instead of creeping
-            self.ema = cfg.max_percent
-            if self.released:
-                return KEEP
-            self.released, self.sent = True, None
-            return None
+        if full:
+            # Close enough: ask for full power outright rather than creep towards it. As a
+            # request of ours, not a release: the limiter spaces our writes, while it would
+            # write a release at once.
+            ema = self.ema = cfg.max_percent
         current = cfg.max_percent if self.released else self.sent
-        if current is not None and abs(ema - current) <= cfg.deadband:
+        if current is not None and (ema == current or (not full and abs(ema - current) <= cfg.deadband)):
             return KEEP
         self.sent, self.released = ema, False
         return ema / 100.0 * rated

@@ -45,6 +45,6 @@ class RuntimeConfig:
     max_rss: int = 150 * MB  # resident set ceiling: log and exit cleanly beyond it (0: off)
     rss_check_interval: float = 10.0
     rss_log_interval: float = 3600.0  # INFO line with RSS and growth rate
-    metrics_port: int | None = None  # accepted now; the metrics server comes later
+    metrics_port: int | None = None  # Prometheus /metrics (mbclient.metrics); None = off
 
     process_name: str = "mbclient"

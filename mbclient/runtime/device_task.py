@@ -37,6 +37,7 @@ import anyio.abc
 from .. import devices
 from ..dbus.service import ServiceExport
 from ..dbus.settings import ClassAndInstance, Setting, SettingsClient, device_setting, mirror_setting
+from ..dbus.vreglink import attach_vreglink
 from ..errors import ConfigError, FrameError, LinkDown, ModbusError, ModbusExceptionResponse, ModbusTimeout
 from ..items import ItemStore
 from ..spec import DeviceSpec
@@ -322,6 +323,9 @@ class DeviceTask:
 
         await self._remember()  # first: a restart right after publishing still knows it
         self.export = ServiceExport(store, self.cfg.bus_address)
+        vreglink = getattr(self.driver, "vreglink", None)
+        if vreglink is not None:  # Victron meters: VictronConnect's VREG access, before the name
+            attach_vreglink(self.export, vreglink)
         await self.export.start(self.service_name)
         self._undo.append(settings.watch_device(self.ident, self._class_instance_changed))
         self.published.set()

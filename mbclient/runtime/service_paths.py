@@ -48,6 +48,7 @@ def add_generic_paths(
     product_name: str,
     known: KnownIdentity | None,
     custom_name: str,
+    on_custom_name: Callable[[Any], bool] | None = None,
 ) -> None:
     """Add every generic path. Writable paths get their settings hooks from the caller
     (``mirror_setting``): /CustomName and /Position live in settings."""
@@ -61,7 +62,7 @@ def add_generic_paths(
     store.add(P_HARDWARE, None, kind=str)
     store.add(P_SERIAL, None, kind=str)
     store.add(P_CONNECTED, 0, kind=int)
-    store.add(P_CUSTOM_NAME, custom_name, kind=str, writable=True)
+    store.add(P_CUSTOM_NAME, custom_name, kind=str, writable=True, on_write=on_custom_name)
     if known is not None:
         set_identity(store, known, product_name)
 

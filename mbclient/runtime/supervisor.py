@@ -140,6 +140,10 @@ class Supervisor:
                 if cfg.max_rss:
                     self.rss = RssWatchdog(cfg.max_rss, cfg.rss_check_interval, cfg.rss_log_interval)
                     tg.start_soon(self.rss.run, name="rss-watchdog")
+                if cfg.metrics_port:
+                    from ..metrics import serve_supervisor_metrics  # optional feature, loaded on demand
+
+                    await tg.start(serve_supervisor_metrics, self, cfg.metrics_port)
                 path = devices_setting(cfg.port_name)
                 values = await settings.add([Setting(path, "")])
                 self._saved_changed(path, values.get(path, ""))
