@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         exit_on_error=args.exit,
         grace=args.grace,
         backoff_cap=args.backoff_cap,
-        link_down_cap=min(5.0, args.backoff_cap),
+        link_down_cap=min(4.0, args.backoff_cap),
         stall_timeout=args.stall_timeout,
         max_rss=int(args.max_rss * MB),
         metrics_port=args.metrics_port,

@@ -33,10 +33,12 @@ from test_noise_bus import Device, RecordingClient, Truth, check_store, vary_inv
 from mbclient.devices import DeviceOptions, get_model
 from mbclient.errors import LinkDown, ModbusError
 from mbclient.items import ItemStore
+from mbclient.modbus.pdu import READ_HOLDING, Request
 from mbclient.sim import SimBus, SimSerialPort, serve_rtu, serve_tcp
 from mbclient.sim.models import growatt_min, sdm120, sdm230, sdm630
 from mbclient.transports import RtuLink, TcpLink
 from mbclient.transports.base import Link
+from mbclient.transports.stream import Backoff
 
 BAUD = 9600
 RETRY = 0.25  # the pollers' own pause after a failed poll (the FAST interval)
@@ -221,9 +223,6 @@ async def port_loss(directory: str | Path, *, cycles: int, down: float, up: floa
 async def test_a_returning_adapter_is_reopened_by_the_next_request_despite_the_backoff(tmp_path) -> None:
     """Policy 7's exception: while the node is gone requests fail fast; once it exists
     again the next request reopens the port, however long the backoff still runs."""
-    from mbclient.modbus.pdu import READ_HOLDING, Request
-    from mbclient.transports.stream import Backoff
-
     request = Request.read(READ_HOLDING, 0xFC00, 2)
     async with serve_rtu(SimBus(BAUD, units=[sdm230(2)]), directory=tmp_path) as port:
         link = RtuLink.serial(port.path, BAUD, backoff=Backoff(first=3600.0, maximum=3600.0))

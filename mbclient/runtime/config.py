@@ -30,7 +30,9 @@ class RuntimeConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     backoff_jitter: float = 0.1
-    link_down_cap: float = 5.0  # probe a lost port more often: reopening costs no bus time
+    # probe a lost port more often (reopening costs no bus time); below 5 s so a returning
+    # adapter is back within 5 s even when it returns just after a probe
+    link_down_cap: float = 4.0
     fail_threshold: int = 2  # consecutive failures before FAILING (one lost reply is line noise)
     refused_pause: float = 1.0  # after a Modbus exception reply, before asking again
     probe_timeout: float | None = None  # None: the driver's own timeout

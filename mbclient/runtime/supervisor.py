@@ -12,6 +12,7 @@ and stops device tasks without touching the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from collections.abc import Callable, Iterable
@@ -231,7 +232,18 @@ def _flatten(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _one_line_loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Errors that libraries report to the loop (e.g. the serial transport's "Fatal write
+    error" when an adapter is pulled mid-write) become one log line: the link already
+    handles the loss, and a traceback in multilog's 25 kB files would push out real events."""
+    exc = context.get("exception")
+    detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    log.warning("%s%s", context.get("message", "event loop error"), detail)
+
+
 async def _serve(config: RuntimeConfig) -> None:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # -d keeps asyncio's full report
+        asyncio.get_running_loop().set_exception_handler(_one_line_loop_errors)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..errors import FrameError, ModbusExceptionResponse
 from ..modbus.pdu import READ_HOLDING, READ_INPUT, Request
 
 
@@ -37,6 +38,30 @@ class UnitStats:
 
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def accept_reply(
+    request: Request, pdu: bytes, stats: UnitStats, latency: float, unit: int, *, count_frame_error: bool = True
+) -> list[int]:
+    """Check a framed reply against its request and account it: every link does the same.
+
+    An exception reply is a completed transaction (the unit is alive); a reply that does not
+    match its request is a frame error and is never decoded.
+    """
+    try:
+        values = request.check_reply(pdu)
+    except ModbusExceptionResponse:
+        stats.transactions += 1
+        stats.exceptions += 1
+        stats.record_latency(latency)
+        raise
+    except FrameError as exc:
+        if count_frame_error:
+            stats.frame_errors += 1
+        raise FrameError(f"unit {unit}: {exc}") from None
+    stats.transactions += 1
+    stats.record_latency(latency)
+    return values
 
 
 @runtime_checkable

@@ -81,7 +81,7 @@ import serial_asyncio_fast
 from ..errors import FrameError, LinkDown, ModbusExceptionResponse, ModbusTimeout
 from ..modbus.framing import char_time, frame_gap
 from ..modbus.pdu import WRITE_MULTIPLE, WRITE_SINGLE, Request
-from .base import UnitStats
+from .base import UnitStats, accept_reply
 from .framers import FRAME, NEED, STRAY, AsciiFramer, Framer, RtuFramer
 from .stream import Backoff, StreamLine
 from .turns import Turns
@@ -458,20 +458,10 @@ class RtuLink:
         if junk:
             stats.frame_errors += 1
         try:
-            values = request.check_reply(pdu)
-        except ModbusExceptionResponse:
-            stats.transactions += 1
-            stats.exceptions += 1
-            stats.record_latency(latency)
-            raise
-        except FrameError as exc:
-            if not junk:
-                stats.frame_errors += 1
+            return accept_reply(request, pdu, stats, latency, self._txn_unit, count_frame_error=not junk)
+        except FrameError:
             state.hold_until = line.loop.time() + self._late_guard(self._txn_timeout, 1.0)
-            raise FrameError(f"unit {self._txn_unit}: {exc}") from None
-        stats.transactions += 1
-        stats.record_latency(latency)
-        return values
+            raise
 
     def _fail(self, line: StreamLine, exc: FrameError | ModbusTimeout) -> FrameError | ModbusTimeout:
         """End the open transaction without a reply: account, hold the unit (policy 5).

@@ -28,10 +28,10 @@ import asyncio
 import logging
 import math
 
-from ..errors import FrameError, LinkDown, ModbusExceptionResponse, ModbusTimeout
+from ..errors import FrameError, LinkDown, ModbusTimeout
 from ..modbus.framing import MBAP_HEADER, mbap_frame, mbap_header
 from ..modbus.pdu import Request
-from .base import UnitStats
+from .base import UnitStats, accept_reply
 from .stream import Backoff, StreamLine
 from .turns import Turns
 
@@ -107,19 +107,7 @@ class TcpLink:
                 raise self._lost(line, in_flight=True)
             assert pdu is not None
             latency = line.last_rx - sent
-            try:
-                values = request.check_reply(pdu)
-            except ModbusExceptionResponse:
-                stats.transactions += 1
-                stats.exceptions += 1
-                stats.record_latency(latency)
-                raise
-            except FrameError as exc:
-                stats.frame_errors += 1
-                raise FrameError(f"unit {unit}: {exc}") from None
-            stats.transactions += 1
-            stats.record_latency(latency)
-            return values
+            return accept_reply(request, pdu, stats, latency, unit)
         finally:
             self._turns.release()
 

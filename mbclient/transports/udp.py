@@ -14,10 +14,10 @@ import asyncio
 import math
 from collections import deque
 
-from ..errors import FrameError, LinkDown, ModbusExceptionResponse, ModbusTimeout
+from ..errors import FrameError, LinkDown, ModbusTimeout
 from ..modbus.framing import mbap_frame, mbap_unframe
 from ..modbus.pdu import Request
-from .base import UnitStats
+from .base import UnitStats, accept_reply
 from .tcp import strip_brackets
 from .turns import Turns
 
@@ -122,19 +122,7 @@ class UdpLink:
                     if rtid != tid or runit != unit:
                         continue
                     latency = arrived - sent
-                    try:
-                        values = request.check_reply(pdu)
-                    except ModbusExceptionResponse:
-                        stats.transactions += 1
-                        stats.exceptions += 1
-                        stats.record_latency(latency)
-                        raise
-                    except FrameError as exc:
-                        stats.frame_errors += 1
-                        raise FrameError(f"unit {unit}: {exc}") from None
-                    stats.transactions += 1
-                    stats.record_latency(latency)
-                    return values
+                    return accept_reply(request, pdu, stats, latency, unit)
                 if proto.error is not None:
                     err, proto.error = proto.error, None
                     raise LinkDown(f"{self.name}: {getattr(err, 'strerror', None) or err}")
