@@ -146,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         force_devices=specs,
         exit_on_error=args.exit,
         grace=args.grace,
+        backoff_base=min(1.0, args.backoff_cap),  # a cap below the 1 s base lowers the base too
         backoff_cap=args.backoff_cap,
         link_down_cap=min(4.0, args.backoff_cap),
         stall_timeout=args.stall_timeout,

@@ -166,3 +166,38 @@ async def test_unknown_max_power_refuses_writes() -> None:
     assert rig.store.item(P_POWER_LIMIT).max == 3000.0
     assert rig.store.write(P_POWER_LIMIT, 1500.0) == ACCEPTED
     assert await rig.service() and rig.written == [50]
+
+
+@pytest.mark.asyncio
+async def test_fail_safe_request_skips_the_interval_once() -> None:
+    """A controller in fail-safe must get its safe limit on the wire now, not 2 s later;
+    the next ordinary request is rate-limited again."""
+    rig = Rig(min_interval=2.0, deadband=1.0)
+    rig.lim.request(3150, "dyngen")
+    assert await rig.service() and rig.written == [75]
+    rig.clock.t += 0.3
+    rig.lim.request(84, "dyngen", urgent=True)  # safe limit (2 %) right after a write
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t)
+    assert await rig.service() and rig.written == [75, 2]
+    rig.clock.t += 0.3
+    rig.lim.request(2100, "dyngen")  # back to normal: waits for the interval
+    assert not await rig.service()
+    rig.clock.t += 2.0
+    assert await rig.service() and rig.written == [75, 2, 50]
+
+
+@pytest.mark.asyncio
+async def test_interval_runs_from_the_end_of_the_write() -> None:
+    """The wait for the bus does not eat into the interval between writes on the wire."""
+    rig = Rig(min_interval=2.0)
+    rig.lim.request(2100, "dyngen")
+    started = rig.clock.t
+
+    async def slow_write(pct: int) -> None:  # the write waited 0.8 s for the bus
+        rig.clock.t += 0.8
+        rig.written.append(pct)
+
+    rig.lim._write_rate = slow_write  # type: ignore[method-assign]
+    assert await rig.lim.service(started)
+    rig.lim.request(1000, "dyngen")
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(started + 0.8 + 2.0)

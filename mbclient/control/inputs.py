@@ -288,12 +288,22 @@ class InputTracker:
                 changed = True
         if changed:
             self.changed.set()
-            if "/DeviceInstance" in items and self._preferred[f.role.name] is None:
-                cand = self._candidates[f.role.name].get(f.name)
-                inst = f.values.get("/DeviceInstance")
-                if cand is not None and isinstance(inst, int) and cand.instance != inst:
-                    cand.instance = inst
-                    self._spawn(self._reselect(f.role.name))
+            self._candidate_changed(f)
+
+    def _candidate_changed(self, f: _Followed) -> None:
+        """The followed service's instance (or, for batteries, connection) changed: the
+        choice may be another service now."""
+        cand = self._candidates[f.role.name].get(f.name)
+        if cand is None or self._preferred[f.role.name] is not None:
+            return
+        inst = f.values.get("/DeviceInstance")
+        connected = f.values.get("/Connected") in (1, None)
+        if (isinstance(inst, int) and cand.instance != inst) or (
+            f.role.prefer_connected and cand.connected != connected
+        ):
+            cand.instance = inst if isinstance(inst, int) else cand.instance
+            cand.connected = connected
+            self._spawn(self._reselect(f.role.name))
 
     def _mark_gone_now(self, name: str, new_owner: str) -> None:
         """The fast path of the fail-safe: a vanished service is faulty at once."""

@@ -231,12 +231,9 @@ class Shaper:
 
     def safe(self, cfg: LadderSettings, rated: float | None) -> float | None | _Keep:
         """The fail-safe limit, unsmoothed; smoothing resumes from it afterwards."""
-        if not rated:  # no rated power known: the setting in watts is all we have
-            watts = cfg.safe_limit
-            if not self.released and self.sent is None and self.ema is None:
-                return KEEP
+        if not rated:  # no rating known: the setting in watts is all we have, ask every time
             self.ema, self.sent, self.released = None, None, False
-            return watts
+            return cfg.safe_limit
         percent = self._clamp(cfg.safe_limit / rated * 100.0, cfg)
         self.ema = percent
         if not self.released and self.sent == percent:

@@ -14,6 +14,10 @@ object so they never fight and so the inverter is written kindly:
 * Nothing is written until somebody asks for a limit: a limiter that was never used leaves
   the inverter's register alone (flash care), and a release only writes when a limit is
   in force.
+* A limit found in force when this process starts (mbclient restarted while ESS or the
+  controller limited the inverter) is kept like a fresh ESS limit until somebody asks for
+  another one or ``ess_timeout`` passes: releasing it at once would send the inverter to
+  full power on every restart, until ESS renewed its limit.
 * If the inverter keeps such commands in non-volatile memory (Growatt holding 2 = 1), the
   driver calls ``disable(reason)``: ``/Ac/PowerLimit`` goes invalid (Victron's "limiting not
   supported"), writes are refused and the reason is published.
@@ -87,8 +91,12 @@ class PowerLimiter:
         self._ess: float | None = None  # ESS request (W); None = release
         self._ess_at: float | None = None  # when ESS last wrote
         self._dyngen: float | None = None
+        self._held: int | None = None  # percent found in force at start, nobody here asked for it
+        self._held_at: float | None = None
+        self._fresh = True  # nothing requested or adopted yet in this run
         self._written: int | None = None  # percent in force in the inverter as far as we know
         self._last_write = -math.inf
+        self._urgent = False  # the pending controller request is a fail-safe: write at once
         self._writes: deque[float] = deque()
         self.store: ItemStore | None = None
 
@@ -147,20 +155,27 @@ class PowerLimiter:
             self._refresh_items()
 
     # -- requests -----------------------------------------------------------------------------------
-    def request(self, watts: float | None, source: str) -> bool:
+    def request(self, watts: float | None, source: str, *, urgent: bool = False) -> bool:
         """Ask for a limit in W (None: release to full power). Never blocks; the write
-        happens in ``service``. Returns False if limiting is unavailable."""
+        happens in ``service``. Returns False if limiting is unavailable.
+
+        ``urgent`` (the controller's fail-safe) lets the next write skip the deadband and
+        the minimum interval once: a safe limit must not wait up to 2 s behind the last
+        ordinary write. It is rare by construction (one per transition into fail-safe)."""
         if source not in SOURCES:
             raise ValueError(f"unknown limit source {source!r}")
         if not self.enabled or not self.max_power:
             return False
         if watts is not None and (not math.isfinite(watts) or watts < 0):
             return False
+        self._fresh = False
+        self._held = None  # any request supersedes a limit inherited from an earlier run
         if source == ESS:
             self._ess = watts
             self._ess_at = self.clock()
         else:
             self._dyngen = watts
+            self._urgent = urgent
         self._wake()
         return True
 
@@ -175,11 +190,15 @@ class PowerLimiter:
             return ESS
         if self._dyngen is not None:
             return DYNGEN
+        if self._held is not None:
+            return "held"
         return None
 
     def target_percent(self) -> int:
         if self.ess_active:
             watts = self._ess
+        elif self._held is not None:
+            return self._held
         else:
             watts = self._dyngen
         if watts is None or not self.max_power:
@@ -203,6 +222,11 @@ class PowerLimiter:
         if percent is None:
             return
         actual = 100 if percent > 100 else int(percent)
+        if self._fresh and self._written is None and actual != 100:
+            self._fresh = False
+            self._held, self._held_at = actual, self.clock()
+            log.info("%s: keeping the %d%% limit found in force for up to %.0f s unless asked otherwise",
+                     self.name, actual, self.ess_timeout)
         if actual != self._written:
             if self._written is not None:
                 log.info("%s: rate register reads %d%%, expected %d%%", self.name, actual, self._written)
@@ -230,8 +254,10 @@ class PowerLimiter:
         times = []
         if self._ess_at is not None:
             times.append(self._ess_at + self.ess_timeout)
+        if self._held_at is not None and self._held is not None:
+            times.append(self._held_at + self.ess_timeout)
         if self.enabled and self._pending_write():
-            times.append(self._last_write + self.min_interval)
+            times.append(now if self._urgent else self._last_write + self.min_interval)
         return min(times, default=math.inf)
 
     def _pending_write(self) -> bool:
@@ -248,6 +274,10 @@ class PowerLimiter:
                      "maximum" if self._dyngen is None else "the controller's limit")
             self._ess_at = None
             self._ess = None
+        if self._held is not None and self._held_at is not None and now - self._held_at >= self.ess_timeout:
+            log.info("%s: nobody renewed the %d%% limit found at start within %.0f s, returning to %s", self.name,
+                     self._held, self.ess_timeout, "maximum" if self._dyngen is None else "the controller's limit")
+            self._held = None
         if not self.enabled or not self.max_power:
             return False
         want = self.target_percent()
@@ -256,15 +286,18 @@ class PowerLimiter:
             self._refresh_counters()
             return False
         source = self.source or "release"
-        if source == DYNGEN:
+        if source == DYNGEN and not self._urgent:
             if old is not None and abs(want - old) <= self.deadband and want != 100:
                 return False
             if now - self._last_write < self.min_interval:
                 return False  # ``deadline`` says when to come back
         await self._write_rate(want)
+        self._urgent = False
         self._written = want
-        self._last_write = now
-        self._writes.append(now)
+        # The interval runs from the end of this write, not from ``now`` (taken before the
+        # wait for the bus): consecutive writes are then >= min_interval apart on the wire.
+        self._last_write = self.clock()
+        self._writes.append(self._last_write)
         if self.store is not None:
             # Published as applied once the write is acknowledged (as dbus-fronius does);
             # the inverter's own read-back (``on_readback``) refines it when it changes.

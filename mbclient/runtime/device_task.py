@@ -37,6 +37,7 @@ import anyio.abc
 from .. import devices
 from ..dbus.service import ServiceExport
 from ..dbus.settings import ClassAndInstance, Setting, SettingsClient, device_setting, mirror_setting
+from ..control.dyngen import DynamicGeneration
 from ..dbus.vreglink import attach_vreglink
 from ..errors import ConfigError, FrameError, LinkDown, ModbusError, ModbusExceptionResponse, ModbusTimeout
 from ..items import ItemStore
@@ -129,6 +130,7 @@ class DeviceTask:
         self._memory: dict[str, Any] = {}
         self._skip_memory = False
         self._exceptions_seen: set[tuple[int, int]] = set()
+        self.dyngen: DynamicGeneration | None = None
 
     @property
     def service_name(self) -> str:
@@ -160,7 +162,7 @@ class DeviceTask:
                 await self._unpublish()
 
     def _forget_identity(self) -> None:
-        self.model = self.driver = self.known = self.store = self.health = None
+        self.model = self.driver = self.known = self.store = self.health = self.dyngen = None
         self.state = DeviceState.STARTING
         self.never_answered = True
         self._skip_memory = True  # the memory describes the device that left
@@ -311,6 +313,9 @@ class DeviceTask:
         if len(model.allowed_roles) > 1:
             sp.add_role_paths(store, self.role, model.allowed_roles, self._on_role_write)
         self.driver.add_items()
+        limiter = getattr(self.driver, "limiter", None)
+        if limiter is not None:  # a limitable inverter: the zero-export controller rides along
+            self.dyngen = DynamicGeneration(store, limiter, settings, bus_address=self.cfg.bus_address)
         self.health = HealthPublisher(store, lambda: self.link.stats(self.spec.unit), self.cfg.stats_interval)
         self.health.add_items()
         self._undo.append(mirror_setting(settings, store, sp.P_CUSTOM_NAME, self._setting("CustomName")))
@@ -328,7 +333,24 @@ class DeviceTask:
             attach_vreglink(self.export, vreglink)
         await self.export.start(self.service_name)
         self._undo.append(settings.watch_device(self.ident, self._class_instance_changed))
+        if self.dyngen is not None:
+            self._undo.append(self._start_controller(self.dyngen))
         self.published.set()
+
+    def _start_controller(self, controller: DynamicGeneration) -> Callable[[], None]:
+        """Run the controller beside the poll loop, for as long as the service is published.
+        Its failure is logged and never takes the device down (the limit stays as it is)."""
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                try:
+                    await controller.run()
+                except Exception as exc:  # noqa: BLE001 - contained to the controller
+                    self.log.error("dynamic generation stopped: %s", reason(exc))
+
+        self._spawn(run)
+        return scope.cancel
 
     async def _update_position(self, role: str) -> None:
         """/Position for roles that have one (value from settings), none for the others."""

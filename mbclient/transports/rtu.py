@@ -313,10 +313,10 @@ class RtuLink:
                 raise LinkDown(describe_open_error(self._device, exc)) from None
         else:
             try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda: line, self._host, self._port), self._connect_timeout
-                )
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(self._connect_timeout):
+                    transport, _ = await loop.create_connection(lambda: line, self._host, self._port)
+            except TimeoutError:
                 raise LinkDown(f"cannot connect to {self._host}:{self._port}: timed out") from None
             except OSError as exc:
                 raise LinkDown(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None

@@ -171,11 +171,11 @@ class TcpLink:
         line = StreamLine(loop)
         line.accept_from = -math.inf  # a stream: every byte counts, ids sort them out
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: line, self._host, self._port), self._connect_timeout
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(self._connect_timeout):
+                transport, _ = await loop.create_connection(lambda: line, self._host, self._port)
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             self._down_reason = f"cannot connect: {reason}"
             self._backoff.failed(loop.time())
             raise LinkDown(f"{self.name}: {self._down_reason}") from None
