@@ -180,3 +180,21 @@ async def test_follows_a_meter_published_by_our_own_service_export(dbus_address)
     finally:
         await stop(task)
         await export.stop()
+
+
+@pytest.mark.asyncio
+async def test_battery_choice_moves_when_the_followed_one_disconnects(dbus_address):
+    first = await Publisher.start(dbus_address, "com.victronenergy.battery.first",
+                                  {"/DeviceInstance": 1, "/Connected": 1, "/Dc/0/Power": 10.0})
+    second = await Publisher.start(dbus_address, "com.victronenergy.battery.second",
+                                   {"/DeviceInstance": 2, "/Connected": 1, "/Dc/0/Power": 20.0})
+    tracker, task = await tracker_for(dbus_address)
+    try:
+        assert tracker.view("battery").service == "com.victronenergy.battery.first"
+        first.update({"/Connected": 0})  # as systemcalc: unconnected batteries are skipped
+        await wait_until(lambda: tracker.view("battery").service == "com.victronenergy.battery.second")
+        await wait_until(lambda: tracker.view("battery").get("/Dc/0/Power") == 20.0)
+    finally:
+        await stop(task)
+        await first.close()
+        await second.close()
