@@ -354,7 +354,7 @@ DEFAULT_BRIDGE = bridge_limit(9600)
 class BlockRules:
     """What a device demands of a read.
 
-    ``max_count``: registers per read (protocol limit 125; Eastron 80, Growatt v1.20 100).
+    ``max_count``: registers per read (protocol limit 125; Eastron 50, see eastron.py; Growatt v1.20 100).
     ``align``: start address and count are multiples of this (Eastron: 2).
     ``window``: a read stays inside one aligned window of this many registers (Growatt
     serves 0-124, 125-249, 3000-3124 ... as separate ranges).
