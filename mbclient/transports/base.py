@@ -7,10 +7,11 @@ arbitration (one frame on an RS-485 line at a time), late-byte hygiene and stati
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..errors import FrameError, ModbusExceptionResponse
+from ..errors import FrameError, LinkDown, ModbusExceptionResponse
 from ..modbus.pdu import READ_HOLDING, READ_INPUT, Request
 
 
@@ -62,6 +63,32 @@ def accept_reply(
     stats.transactions += 1
     stats.record_latency(latency)
     return values
+
+
+class LinkBase:
+    """What every link shares: per-unit statistics and the checks at the door of ``transact``."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._stats: dict[int, UnitStats] = {}
+        self._closed = False
+
+    def stats(self, unit: int) -> UnitStats:
+        stats = self._stats.get(unit)
+        if stats is None:
+            if not 0 <= unit <= 255:
+                raise ValueError(f"unit {unit} outside 0..255")
+            stats = self._stats[unit] = UnitStats()
+        return stats
+
+    def _admit(self, timeout: float) -> None:
+        """Refuse a request before it queues: a bad timeout is a programming error, a
+        closed link is down for good."""
+        if not timeout > 0 or math.isinf(timeout):
+            raise ValueError(f"timeout {timeout!r} must be a positive number of seconds")
+        if self._closed:
+            raise LinkDown(f"{self.name}: link closed")
 
 
 @runtime_checkable

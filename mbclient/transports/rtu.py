@@ -81,7 +81,7 @@ import serial_asyncio_fast
 from ..errors import FrameError, LinkDown, ModbusExceptionResponse, ModbusTimeout
 from ..modbus.framing import char_time, frame_gap
 from ..modbus.pdu import WRITE_MULTIPLE, WRITE_SINGLE, Request
-from .base import UnitStats, accept_reply
+from .base import LinkBase, UnitStats, accept_reply
 from .framers import FRAME, NEED, STRAY, AsciiFramer, Framer, RtuFramer
 from .stream import Backoff, StreamLine
 from .turns import Turns
@@ -121,7 +121,7 @@ class _Unit:
         self.hold_until = -math.inf
 
 
-class RtuLink:
+class RtuLink(LinkBase):
     """Arbiter for one RTU/ASCII line (serial port or TCP serial gateway); a ``Link``.
 
     Build it with ``RtuLink.serial(device, baud, ascii=False)`` or
@@ -143,6 +143,7 @@ class RtuLink:
         late_guard_min: float = LATE_GUARD_MIN,
         gateway_baud: int = 9600,
     ) -> None:
+        super().__init__()
         self.name = name
         self._late_min = late_guard_min
         self._framer = framer
@@ -170,7 +171,6 @@ class RtuLink:
         self._line: StreamLine | None = None
         self._down_reason = "not connected"
         self._node_gone = False  # the serial device node was missing at the last failure
-        self._closed = False
         self._tx_end = -math.inf
         # the transaction on the wire (one at a time): kept as attributes, not an object
         self._open_txn = False
@@ -206,10 +206,7 @@ class RtuLink:
             self._turns.release()
 
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError(f"timeout {timeout!r} must be a positive number of seconds")
-        if self._closed:
-            raise LinkDown(f"{self.name}: link closed")
+        self._admit(timeout)
         if unit == 0:
             return await self._broadcast(request, timeout, priority)
         state = self._unit(unit)

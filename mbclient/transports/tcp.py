@@ -31,7 +31,7 @@ import math
 from ..errors import FrameError, LinkDown, ModbusTimeout
 from ..modbus.framing import MBAP_HEADER, mbap_frame, mbap_header
 from ..modbus.pdu import Request
-from .base import UnitStats, accept_reply
+from .base import LinkBase, UnitStats, accept_reply
 from .stream import Backoff, StreamLine
 from .turns import Turns
 
@@ -46,33 +46,24 @@ def strip_brackets(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-class TcpLink:
+class TcpLink(LinkBase):
     """A ``Link`` to one Modbus TCP endpoint (see module docstring)."""
 
     def __init__(
         self, host: str, port: int, *, backoff: Backoff | None = None, connect_timeout: float = CONNECT_TIMEOUT
     ) -> None:
+        super().__init__()
         self.name = f"Modbus TCP {host}:{port}"
         self._host = strip_brackets(host)
         self._port = port
         self._connect_timeout = connect_timeout
         self._turns = Turns()
-        self._stats: dict[int, UnitStats] = {}
         self._backoff = backoff or Backoff()
         self._line: StreamLine | None = None
         self._down_reason = "not connected"
         self._tid = 0
         self._silent = 0  # consecutive timeouts on this connection
         self._sent_on_line = 0  # requests sent on the current connection
-        self._closed = False
-
-    def stats(self, unit: int) -> UnitStats:
-        stats = self._stats.get(unit)
-        if stats is None:
-            if not 0 <= unit <= 255:
-                raise ValueError(f"unit {unit} outside 0..255")
-            stats = self._stats[unit] = UnitStats()
-        return stats
 
     async def connect(self) -> None:
         """Connect now (normally the first request does). Raises ``LinkDown``."""
@@ -83,10 +74,7 @@ class TcpLink:
             self._turns.release()
 
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError(f"timeout {timeout!r} must be a positive number of seconds")
-        if self._closed:
-            raise LinkDown(f"{self.name}: link closed")
+        self._admit(timeout)
         stats = self.stats(unit)
         await self._turns.acquire(unit, priority)
         try:

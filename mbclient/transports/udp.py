@@ -11,13 +11,12 @@ the caller's retry policy decides. An ICMP "port unreachable" fails the request 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 
 from ..errors import FrameError, LinkDown, ModbusTimeout
 from ..modbus.framing import mbap_frame, mbap_unframe
 from ..modbus.pdu import Request
-from .base import UnitStats, accept_reply
+from .base import LinkBase, accept_reply
 from .tcp import strip_brackets
 from .turns import Turns
 
@@ -71,35 +70,23 @@ class _Datagrams(asyncio.DatagramProtocol):
             self._waiter = None
 
 
-class UdpLink:
+class UdpLink(LinkBase):
     """A ``Link`` to one Modbus UDP endpoint (see module docstring)."""
 
     def __init__(self, host: str, port: int) -> None:
+        super().__init__()
         self.name = f"Modbus UDP {host}:{port}"
         self._host = strip_brackets(host)
         self._port = port
         self._turns = Turns()
-        self._stats: dict[int, UnitStats] = {}
         self._proto: _Datagrams | None = None
         self._tid = 0
-        self._closed = False
-
-    def stats(self, unit: int) -> UnitStats:
-        stats = self._stats.get(unit)
-        if stats is None:
-            if not 0 <= unit <= 255:
-                raise ValueError(f"unit {unit} outside 0..255")
-            stats = self._stats[unit] = UnitStats()
-        return stats
 
     async def connect(self) -> None:
         await self._endpoint()
 
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError(f"timeout {timeout!r} must be a positive number of seconds")
-        if self._closed:
-            raise LinkDown(f"{self.name}: link closed")
+        self._admit(timeout)
         stats = self.stats(unit)
         await self._turns.acquire(unit, priority)
         try:
