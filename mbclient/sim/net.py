@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import FrameError
@@ -92,15 +92,23 @@ async def serve_tcp(
             info._writers.discard(writer)
             writer.close()
 
+    async with _stream_server(info, serve, host, port):
+        yield info
+
+
+@contextlib.asynccontextmanager
+async def _stream_server(info: SimServer, serve: Callable[..., Awaitable[None]], host: str, port: int):  # noqa: ANN202
+    """A TCP server for ``serve`` that, on the way out, drops every client and stops listening."""
     server = await asyncio.start_server(serve, host, port)
     info.port = server.sockets[0].getsockname()[1]
     try:
-        yield info
+        yield server
     finally:
         server.close()
         info.disconnect_all()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await server.wait_closed()
 
 
 def _delay(bus: SimBus, unit: int, reply: Reply, turnaround: bool) -> float:
@@ -194,13 +202,8 @@ async def serve_rtu_over_tcp(
             info._writers.discard(writer)
             writer.close()
 
-    server = await asyncio.start_server(serve, host, port)
-    info.port = server.sockets[0].getsockname()[1]
     try:
-        yield info
+        async with _stream_server(info, serve, host, port):
+            yield info
     finally:
         line.close()
-        server.close()
-        info.disconnect_all()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2.0)

@@ -82,6 +82,17 @@ class LinkBase:
             stats = self._stats[unit] = UnitStats()
         return stats
 
+    async def connect(self) -> None:
+        """Open the line now (normally the first request does). Raises ``LinkDown``.
+
+        Stream links (serial, RTU over TCP, Modbus TCP) take a priority turn so that opening
+        never races a transaction; they provide ``_turns`` and ``_ready_line``."""
+        await self._turns.acquire(-1, True)  # type: ignore[attr-defined]
+        try:
+            await self._ready_line()  # type: ignore[attr-defined]
+        finally:
+            self._turns.release()  # type: ignore[attr-defined]
+
     def _admit(self, timeout: float) -> None:
         """Refuse a request before it queues: a bad timeout is a programming error, a
         closed link is down for good."""

@@ -197,14 +197,6 @@ class RtuLink(LinkBase):
     def stats(self, unit: int) -> UnitStats:
         return self._unit(unit).stats
 
-    async def connect(self) -> None:
-        """Open the port now (normally the first request does). Raises ``LinkDown``."""
-        await self._turns.acquire(-1, True)
-        try:
-            await self._ready_line()
-        finally:
-            self._turns.release()
-
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
         self._admit(timeout)
         if unit == 0:

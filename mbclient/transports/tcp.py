@@ -65,14 +65,6 @@ class TcpLink(LinkBase):
         self._silent = 0  # consecutive timeouts on this connection
         self._sent_on_line = 0  # requests sent on the current connection
 
-    async def connect(self) -> None:
-        """Connect now (normally the first request does). Raises ``LinkDown``."""
-        await self._turns.acquire(-1, True)
-        try:
-            await self._ready_line()
-        finally:
-            self._turns.release()
-
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
         self._admit(timeout)
         stats = self.stats(unit)
