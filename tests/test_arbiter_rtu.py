@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -160,6 +161,42 @@ async def test_priority_write_waits_for_at_most_the_transaction_in_flight(line) 
             assert bus[2].holding[100] == value
         stop.set()
     assert bus.collisions == 0
+
+
+@pytest.mark.asyncio
+async def test_a_write_prompted_by_a_reply_goes_before_a_read_queued_earlier(tmp_path) -> None:
+    """The zero-export controller reads its grid meter and reacts within a few ms. Its write
+    must not wait behind the inverter's read that queued while the meter was answering:
+    the next caller is chosen once the inter-frame gap after the reply has passed (3.6 ms
+    at 9600 Bd), not the instant the reply is in."""
+    bus = SimBus(9600, units=[nonce_unit(1, turnaround=0.02), nonce_unit(2, turnaround=0.02)])
+    served: list[tuple[float, int, str]] = []  # (time, unit, read/write) as the units serve them
+    for u in (1, 2):
+        stamp = bus[u].on_read
+
+        def on_read(table: str, first: int, count: int, u: int = u, stamp=stamp) -> None:  # noqa: ANN001
+            served.append((time.monotonic(), u, "read"))
+            stamp(table, first, count)
+
+        bus[u].on_read = on_read
+    async with serve_rtu(bus, directory=tmp_path) as port:
+        link = RtuLink.serial(port.path, 9600)
+        try:
+            await link.transact(2, Request.read(READ_HOLDING, 0, 2), timeout=1.0)  # port open
+            served.clear()
+            meter = asyncio.ensure_future(link.transact(1, Request.read(READ_HOLDING, 0, 2), timeout=1.0))
+            await asyncio.sleep(0.01)  # the meter's request is on the wire
+            inverter_read = asyncio.ensure_future(link.transact(2, Request.read(READ_HOLDING, 0, 16), timeout=1.0))
+            await meter  # the reading is in: react at once
+            await link.transact(2, Request.write_single(100, 42), timeout=1.0, priority=True)
+            assert not inverter_read.done()
+            await inverter_read
+            served += [(t, 2, "write") for t, *_ in bus[2].write_log]
+        finally:
+            await link.aclose()
+    order = [(unit, what) for _, unit, what in sorted(served)]
+    assert order == [(1, "read"), (2, "write"), (2, "read")]
+    assert bus[2].holding[100] == 42 and bus.collisions == 0
 
 
 @pytest.mark.asyncio

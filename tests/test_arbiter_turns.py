@@ -9,8 +9,9 @@ import pytest
 from mbclient.transports.turns import Turns
 
 
-async def _serve(turns: Turns, order: list[object], tag: object, unit: int, priority: bool = False) -> None:
-    await turns.acquire(unit, priority)
+async def _serve(turns: Turns, order: list[object], tag: object, unit: int, priority: bool = False,
+                 first: bool = False) -> None:
+    await turns.acquire(unit, priority, first=first)
     try:
         order.append(tag)
         await asyncio.sleep(0)
@@ -46,6 +47,24 @@ async def test_priority_goes_next() -> None:
     turns.release()
     await asyncio.gather(*normal, urgent)
     assert order[0] == "urgent"
+
+
+@pytest.mark.asyncio
+async def test_a_priority_write_overtakes_queued_priority_reads() -> None:
+    """A controller's limit write waits for the transaction in flight only, even when the
+    grid meter's priority reads are already queued (both are control traffic; the write is
+    the reaction, the read is merely the next look)."""
+    turns = Turns()
+    order: list[object] = []
+    await turns.acquire(1, False)
+    tasks = [asyncio.create_task(_serve(turns, order, "normal", 3))]
+    tasks += [asyncio.create_task(_serve(turns, order, ("read", i), 2, priority=True)) for i in range(2)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(_serve(turns, order, "write", 1, priority=True, first=True)))
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(*tasks)
+    assert order == ["write", ("read", 0), ("read", 1), "normal"]
 
 
 @pytest.mark.asyncio

@@ -109,6 +109,21 @@ async def test_controller_has_deadband_and_minimum_interval() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_deadband_is_judged_on_requests_not_on_rounded_percent() -> None:
+    """The controller asks only when its output moved by more than the deadband; rounding
+    to whole register percent must not swallow such a move (30.4 % -> 31, 31.5 % -> 32 is
+    one register point but 1.1 points of request), nor let a smaller one through."""
+    rig = Rig(min_interval=2.0, deadband=1.0)
+    rig.lim.request(4200 * 0.304, "dyngen")
+    assert await rig.service() and rig.written == [31]
+    rig.clock.t += 5
+    rig.lim.request(4200 * 0.313, "dyngen")  # 0.9 points: inside, though it rounds to 32
+    assert not await rig.service()
+    rig.lim.request(4200 * 0.315, "dyngen")  # 1.1 points
+    assert await rig.service() and rig.written == [31, 32]
+
+
+@pytest.mark.asyncio
 async def test_ess_wins_and_the_controller_stands_aside() -> None:
     rig = Rig(ess_timeout=10.0)
     rig.lim.request(2100, "dyngen")

@@ -134,9 +134,10 @@ class RecordingClient(UnitClient):
         self.last: dict[tuple[int, int, int], tuple[list[int], Served | None]] = {}
         self.reads: dict[tuple[int, int, int], int] = {}
 
-    async def read(self, function: int, address: int, count: int, *, timeout: float) -> list[int]:
+    async def read(self, function: int, address: int, count: int, *, timeout: float,
+                   priority: bool = False) -> list[int]:
         started = time.monotonic()
-        regs = await super().read(function, address, count, timeout=timeout)
+        regs = await super().read(function, address, count, timeout=timeout, priority=priority)
         served = self.truth.check_read(self.unit, function, address, count, regs, started, time.monotonic())
         key = (function, address, count)
         self.last[key] = (list(regs), served)

@@ -59,8 +59,9 @@ class TimedClient(RecordingClient):
 
     dev: Polled | None = None
 
-    async def read(self, function: int, address: int, count: int, *, timeout: float) -> list[int]:
-        regs = await super().read(function, address, count, timeout=timeout)
+    async def read(self, function: int, address: int, count: int, *, timeout: float,
+                   priority: bool = False) -> list[int]:
+        regs = await super().read(function, address, count, timeout=timeout, priority=priority)
         dev = self.dev
         if dev is not None:
             now = time.monotonic()

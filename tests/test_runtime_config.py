@@ -78,7 +78,7 @@ async def test_lost_serial_port_reconnects_and_other_ports_carry_on(dbus_address
                 assert await observer.get(METER, "/Ac/Power") is None
                 before = other_stats.transactions
                 await anyio.sleep(1.0)
-                assert other_stats.transactions > before + 5  # the other port kept polling
+                assert other_stats.transactions > before + 2  # the other port kept polling (power: 4 reads/s)
                 assert await observer.get(other_meter, "/Connected") == 1
 
                 port.replug()  # and put back: the link reopens it by itself

@@ -160,6 +160,10 @@ class DynamicGeneration:
         self._views: tuple[RoleView, ...] = ()
         self._unsubscribe: Callable[[], None] | None = None
         self._unwatch: Callable[[], None] | None = None
+        #: Told which grid meter service the controller steers on (``None``: none, or the
+        #: controller is idle); the runtime polls that meter fast if it is one of its own.
+        self.on_follow: Callable[[str | None], None] | None = None
+        self._following: str | None = None
         self._apply_settings()
         self.add_items()
 
@@ -328,6 +332,7 @@ class DynamicGeneration:
         if previous is None or previous.status != step.status or previous.decision.reason != step.decision.reason:
             log.info("dynamic generation: %s%s", step.status,
                      f" ({step.decision.reason})" if step.decision.reason else "")
+        self._tell_following(step)
         s = self.store
         s.set(STATUS, step.status)
         s.set(POWER, None if step.decision.demand is None else round(step.decision.demand, 1))
@@ -336,6 +341,15 @@ class DynamicGeneration:
         self._publish_limiter_state()
         s.flush()
         return step
+
+    def _tell_following(self, step: L.Step) -> None:
+        """While configured to limit, ask for the followed grid meter to be read fast."""
+        idle = step.status in (L.NOT_CONFIGURED, L.G100)
+        service = None if idle else self._views[0].service
+        if service != self._following:
+            self._following = service
+            if self.on_follow is not None:
+                self.on_follow(service)
 
     def _publish_limiter_state(self) -> None:
         applied = _num(getattr(self.limiter, "applied_watts", None))

@@ -95,6 +95,9 @@ class PowerLimiter:
         self._held_at: float | None = None
         self._fresh = True  # nothing requested or adopted yet in this run
         self._written: int | None = None  # percent in force in the inverter as far as we know
+        # the controller's request behind ``_written``, in exact percent: the deadband is
+        # judged on requests, as the controller judges it, not on rounded register values
+        self._written_exact: float | None = None
         self._last_write = -math.inf
         self._urgent = False  # the pending controller request is a fail-safe: write at once
         self._writes: deque[float] = deque()
@@ -231,6 +234,7 @@ class PowerLimiter:
             if self._written is not None:
                 log.info("%s: rate register reads %d%%, expected %d%%", self.name, actual, self._written)
             self._written = actual
+            self._written_exact = None
             self._wake()
 
     def on_readback(self, percent: float | None, watts: float | None) -> None:
@@ -247,6 +251,7 @@ class PowerLimiter:
     def forget(self) -> None:
         """The inverter went offline: what it holds is unknown until read back."""
         self._written = None
+        self._written_exact = None
 
     # -- the writer ---------------------------------------------------------------------------------
     def deadline(self, now: float) -> float:
@@ -286,14 +291,21 @@ class PowerLimiter:
             self._refresh_counters()
             return False
         source = self.source or "release"
+        exact = None
+        if source == DYNGEN and self._dyngen is not None and self.max_power:
+            exact = max(0.0, min(100.0, self._dyngen * 100.0 / self.max_power))
         if source == DYNGEN and not self._urgent:
-            if old is not None and abs(want - old) <= self.deadband and want != 100:
+            # Judged on the exact requests: rounding up could turn a move of 1.6 points into
+            # one of 1 register point and swallow the write the controller asked for.
+            ref = self._written_exact if self._written_exact is not None else old
+            if old is not None and exact is not None and abs(exact - ref) <= self.deadband and want != 100:
                 return False
             if now - self._last_write < self.min_interval:
                 return False  # ``deadline`` says when to come back
         await self._write_rate(want)
         self._urgent = False
         self._written = want
+        self._written_exact = exact
         # The interval runs from the end of this write, not from ``now`` (taken before the
         # wait for the bus): consecutive writes are then >= min_interval apart on the wire.
         self._last_write = self.clock()

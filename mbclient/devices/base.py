@@ -32,6 +32,7 @@ from ..items import ItemStore
 from ..registers import (
     DEFAULT_INTERVALS,
     DEFAULT_TURNAROUND,
+    FAST,
     ONCE,
     Block,
     BlockRules,
@@ -194,6 +195,7 @@ class Driver:
         self._register_paths: set[str] = set()  # paths add_items made for registers
         self._latency: float | None = None
         self._intervals = {**model.intervals, **options.refresh}
+        self._fast_override: float | None = None
         # Unknown line speed: assume the slowest common one (9600 Bd), where bridging
         # decisions matter most; on TCP that merely bridges a little less than it could.
         self._max_gap = bridge_limit(options.baud or 9600, options.turnaround)
@@ -349,7 +351,26 @@ class Driver:
         return [s.block for s in self.schedule if not s.disabled]
 
     def interval(self, refresh: Refresh) -> float:
-        return self._intervals.get(refresh, DEFAULT_INTERVALS[refresh])
+        configured = self._intervals.get(refresh, DEFAULT_INTERVALS[refresh])
+        if refresh == FAST and self._fast_override is not None:
+            return min(configured, self._fast_override)
+        return configured
+
+    def set_fast_interval(self, seconds: float | None) -> None:
+        """Poll the FAST class at least every ``seconds`` (``None``: back to the configured
+        interval; a configured interval that is shorter still applies).
+
+        The runtime uses it while a controller closes its loop on this device's power; a
+        shorter interval takes effect at once, not after the current, longer one.
+        """
+        self._fast_override = seconds
+        if seconds is None or self._schedule is None:
+            return
+        soonest = time.monotonic() + seconds
+        for sb in self._schedule:
+            if sb.block.refresh == FAST and sb.next_due > soonest:
+                sb.next_due = soonest
+        self.wakeup.set()  # the device task re-reads its deadline
 
     def due(self, now: float) -> bool:
         return any(not s.disabled and s.next_due <= now for s in self.schedule)
@@ -363,8 +384,15 @@ class Driver:
         """When ``service_writes`` must run next even without a wakeup (subclasses)."""
         return now if self._pending else math.inf
 
-    async def poll(self, now: float) -> None:
-        """Read every due block, decode, ``store.set`` (no flush). Raises ModbusError.
+    async def poll(self, now: float, *, interleave: bool = False) -> None:
+        """Read every due block, decode, ``store.set``; flush after each block. Raises ModbusError.
+
+        The flush per block lets a fresh power reading reach D-Bus at once, not after the
+        slower blocks that fell due in the same cycle (the zero-export controller's latency
+        budget is counted in tens of milliseconds). With ``interleave`` the poll ends after
+        the first block slower than FAST (the FAST ones come first): the caller's next cycle
+        then reads the FAST class again before the next slow block if it fell due meanwhile,
+        so a burst of slow reads never starves the power reading.
 
         A block whose hole bridging meets exception 2 is re-planned without bridging (a
         unit that does not serve its undefined registers); an optional block the unit
@@ -398,6 +426,9 @@ class Driver:
             interval = self.interval(sb.block.refresh)
             sb.next_due = math.inf if sb.block.refresh == ONCE else now + interval
             self._apply(sb.block.decode(regs))
+            self.store.flush()
+            if interleave and sb.block.refresh != FAST:
+                return
             i += 1
 
     def _fallback(self, block: Block) -> list[Block] | None:
@@ -441,7 +472,11 @@ class Driver:
 
     async def _read_block(self, block: Block) -> list[int]:
         started = time.monotonic()
-        regs = await self.client.read(int(block.table), block.address, block.count, timeout=self.timeout)
+        # A controller's input (FAST class under poll demand) rides the priority lane like a
+        # write: it waits for at most the transaction in flight, never for a round of turns.
+        priority = block.refresh == FAST and self._fast_override is not None
+        regs = await self.client.read(int(block.table), block.address, block.count, timeout=self.timeout,
+                                      priority=priority)
         took = time.monotonic() - started
         self._latency = took if self._latency is None else self._latency + 0.2 * (took - self._latency)
         return regs

@@ -301,8 +301,8 @@ class VictronMeterDriver(Driver):
         if "meter_role" in changed:
             self._check_role(changed["meter_role"])
 
-    async def poll(self, now: float) -> None:
-        await super().poll(now)
+    async def poll(self, now: float, *, interleave: bool = False) -> None:
+        await super().poll(now, interleave=interleave)
         self._mirror()
 
     def _mirror(self) -> None:

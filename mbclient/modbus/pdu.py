@@ -47,6 +47,11 @@ class Request:
     write_address: int = 0  # fc 23 only
     pdu: bytes = field(default=b"", compare=False, repr=False)
 
+    @property
+    def writes(self) -> bool:
+        """Whether the request changes the device (function 6, 16 or 23)."""
+        return self.function in (WRITE_SINGLE, WRITE_MULTIPLE, READ_WRITE_MULTIPLE)
+
     # -- constructors ----------------------------------------------------------------------
     @classmethod
     def read(cls, function: int, address: int, count: int) -> Request:

@@ -38,6 +38,8 @@ class RuntimeConfig:
     probe_timeout: float | None = None  # None: the driver's own timeout
     identify_timeout: float = 1.0
     idle_tick: float = 1.0  # longest sleep of an online device task between cycles
+    # FAST interval of one of our meters while a zero-export controller follows it (demand.py)
+    control_poll: float = 0.1
 
     # -- health --------------------------------------------------------------------------------
     stats_interval: float = 5.0  # /Mgmt/Stats/* at most this often (no signal storm)

@@ -6,8 +6,10 @@ States (logged once per transition, never once per timeout)::
                               ^                       |                  |
                               +------- answers -------+------------------+
 
-* ONLINE: polled by refresh class on the driver's own schedule; one store flush per cycle;
-  pending writes serviced as soon as the driver's ``wakeup`` event fires.
+* ONLINE: polled by refresh class on the driver's own schedule; the store is flushed after
+  every block read (and once per cycle for state); pending writes serviced as soon as the
+  driver's ``wakeup`` event fires. While a zero-export controller follows this device
+  (``demand.PollDemand``) its FAST class is polled every ``control_poll`` seconds.
 * FAILING: consecutive failures; values kept; retried with exponential backoff, one
   probe (one transaction) per interval, so a silent unit costs the bus almost nothing.
 * ASLEEP: ``/Connected`` = 0, live values invalid (``driver.go_offline()``), cumulative
@@ -28,7 +30,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -46,6 +48,7 @@ from ..transports.base import UnitClient
 from . import service_paths as sp
 from .backoff import Backoff
 from .config import RuntimeConfig
+from .demand import PollDemand
 from .health import HealthPublisher
 from .identity import KnownIdentity, identity_from_settings, identity_to_settings, memory_settings
 
@@ -89,6 +92,7 @@ class RuntimeContext:
     links: Any  # LinkPool: .get(spec) -> Link
     settings: SettingsClient
     options_factory: Callable[[DeviceSpec], devices.DeviceOptions] | None = None
+    demand: PollDemand = field(default_factory=PollDemand)
 
     def options(self, spec: DeviceSpec) -> devices.DeviceOptions:
         opts = self.options_factory(spec) if self.options_factory else None
@@ -131,6 +135,7 @@ class DeviceTask:
         self._skip_memory = False
         self._exceptions_seen: set[tuple[int, int]] = set()
         self.dyngen: DynamicGeneration | None = None
+        self._detach_demand: Callable[[], None] | None = None
 
     @property
     def service_name(self) -> str:
@@ -332,6 +337,8 @@ class DeviceTask:
         if vreglink is not None:  # Victron meters: VictronConnect's VREG access, before the name
             attach_vreglink(self.export, vreglink)
         await self.export.start(self.service_name)
+        self._attach_demand()
+        self._undo.append(self._detach)
         self._undo.append(settings.watch_device(self.ident, self._class_instance_changed))
         if self.dyngen is not None:
             self._undo.append(self._start_controller(self.dyngen))
@@ -339,8 +346,13 @@ class DeviceTask:
 
     def _start_controller(self, controller: DynamicGeneration) -> Callable[[], None]:
         """Run the controller beside the poll loop, for as long as the service is published.
-        Its failure is logged and never takes the device down (the limit stays as it is)."""
+        Its failure is logged and never takes the device down (the limit stays as it is).
+        While it steers, the grid meter it follows is polled fast if it is one of ours."""
         scope = anyio.CancelScope()
+        demand, interval = self.ctx.demand, self.cfg.control_poll
+
+        def follow(service: str | None) -> None:
+            demand.want(controller, service, interval)
 
         async def run() -> None:
             with scope:
@@ -348,9 +360,31 @@ class DeviceTask:
                     await controller.run()
                 except Exception as exc:  # noqa: BLE001 - contained to the controller
                     self.log.error("dynamic generation stopped: %s", reason(exc))
+                finally:
+                    demand.want(controller, None)
 
+        controller.on_follow = follow
         self._spawn(run)
         return scope.cancel
+
+    def _attach_demand(self) -> None:
+        """Hear how fast a controller wants our FAST registers, under our current name."""
+        self._detach()
+
+        def heard(interval: float | None) -> None:
+            if self.driver is not None:
+                self.driver.set_fast_interval(interval)
+                if interval is not None:
+                    self.log.info("a controller follows this device: FAST class every %.2f s", interval)
+
+        self._detach_demand = self.ctx.demand.attach(self.service_name, heard)
+
+    def _detach(self) -> None:
+        if self._detach_demand is not None:
+            self._detach_demand()
+            self._detach_demand = None
+            if self.driver is not None:
+                self.driver.set_fast_interval(None)
 
     async def _update_position(self, role: str) -> None:
         """/Position for roles that have one (value from settings), none for the others."""
@@ -458,6 +492,7 @@ class DeviceTask:
             await self._update_position(ci.role)
             store.flush()
             await export.rename(self.service_name)
+            self._attach_demand()
             self.log.info("role changed: %s is now %s (instance %d)", old_name, self.service_name, ci.instance)
 
     # ------------------------------------------------------------------------------- states
@@ -526,7 +561,7 @@ class DeviceTask:
         driver = self.driver
         await driver.service_writes(now)
         if driver.due(now):
-            await driver.poll(now)
+            await driver.poll(now, interleave=True)
             self._ok(now)
             self.health.refresh.mark(now)
 

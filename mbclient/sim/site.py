@@ -177,6 +177,13 @@ class Site:
             self._last = now
             self.step(dt)
 
+    def settle_now(self) -> float:
+        """Apply a changed input (load, sun) to the meter at once, without advancing time;
+        returns the grid power (W, + import) it now reads."""
+        self.catch_up()
+        self._settle(0.0, 0.0)
+        return self.grid_w
+
     def _settle(self, dt: float, sim_dt: float) -> None:
         inv = self.inverter
         sun = self.available_sun()

@@ -140,8 +140,9 @@ class UnitClient:
     async def _do(self, request: Request, timeout: float, priority: bool = False) -> list[int]:
         return await self.link.transact(self.unit, request, timeout=timeout, priority=priority)
 
-    async def read(self, function: int, address: int, count: int, *, timeout: float) -> list[int]:
-        return await self._do(Request.read(function, address, count), timeout)
+    async def read(self, function: int, address: int, count: int, *, timeout: float,
+                   priority: bool = False) -> list[int]:
+        return await self._do(Request.read(function, address, count), timeout, priority)
 
     async def read_holding(self, address: int, count: int, *, timeout: float) -> list[int]:
         return await self.read(READ_HOLDING, address, count, timeout=timeout)

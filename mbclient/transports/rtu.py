@@ -7,8 +7,11 @@ Line policy (times are the asyncio loop clock; ``c`` is one character time at th
 10 bits for 8N1; over a TCP gateway every wire time below is taken as 0):
 
 1. **One frame at a time.** Callers take turns (``turns.Turns``): a priority lane first
-   (it waits for at most the transaction in flight), then round-robin across units. The
-   turn is held for the whole transaction.
+   (writes, then priority reads; it waits for at most the transaction in flight), then
+   round-robin across units. The turn is held for the whole transaction and, after a
+   reply while others wait, through the inter-frame gap that follows it: the next caller
+   is chosen when the line may be used again, so a write prompted by that very reply
+   (a controller reacting to its grid meter) is already queued and goes first.
 2. **Inter-frame silence.** A request is sent only after ``frame_gap(baud)`` (3.5 c; 1.75 ms
    above 19200 Bd) of silence since the later of the last byte received and the end of
    our previous request on the wire. Bytes arriving meanwhile are dropped and restart the
@@ -209,7 +212,8 @@ class RtuLink(LinkBase):
             wait = state.hold_until - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await turns.acquire(unit, priority)
+            await turns.acquire(unit, priority, first=request.writes)
+            handed_over = False
             try:
                 line = await self._ready_line()
                 if self._open_txn:
@@ -223,13 +227,17 @@ class RtuLink(LinkBase):
                     await self._quiet(line)
                 self._send(line, unit, request, timeout)
                 try:
-                    return await self._reply(line)
+                    registers = await self._reply(line)
                 except _StaleConnection as exc:
                     if resent:
                         raise LinkDown(str(exc)) from None
                     resent = True  # the gateway had closed an idle connection: once more
+                else:
+                    handed_over = self._release_after_gap(line)
+                    return registers
             finally:
-                turns.release()
+                if not handed_over:
+                    turns.release()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -333,6 +341,20 @@ class RtuLink(LinkBase):
         return LinkDown(f"{self.name}: {self._down_reason}")
 
     # -- one transaction -------------------------------------------------------------------------
+    def _release_after_gap(self, line: StreamLine) -> bool:
+        """Keep the turn through the inter-frame gap after a reply; choose the next caller
+        when the gap has passed (policy 1). The caller has its reply at once. Whoever
+        queued meanwhile competes fairly: a write the reply prompted (the controller
+        reacting to a grid meter reading, a few ms) goes first instead of waiting behind a
+        read that queued before it. Costs no line time: nobody may send during the gap.
+        Returns False if the turn must be released now (nobody waiting, gap already over)."""
+        loop = line.loop
+        ready = max(line.last_rx, self._tx_end) + self._gap
+        if ready <= loop.time() or not self._turns.waiting():
+            return False
+        loop.call_at(ready, self._turns.release)
+        return True
+
     async def _quiet(self, line: StreamLine) -> None:
         """Wait for ``frame_gap`` of silence (policy 2)."""
         loop = line.loop
@@ -477,7 +499,7 @@ class RtuLink(LinkBase):
     async def _broadcast(self, request: Request, quiet: float, priority: bool) -> list[int]:
         if request.function not in (WRITE_SINGLE, WRITE_MULTIPLE):
             raise ValueError("only writes (function 6 or 16) can be broadcast to unit 0")
-        await self._turns.acquire(0, priority)
+        await self._turns.acquire(0, priority, first=True)
         try:
             line = await self._ready_line()
             if self._open_txn:

@@ -68,7 +68,7 @@ class TcpLink(LinkBase):
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
         self._admit(timeout)
         stats = self.stats(unit)
-        await self._turns.acquire(unit, priority)
+        await self._turns.acquire(unit, priority, first=request.writes)
         try:
             for attempt in (1, 2):
                 line = await self._ready_line()

@@ -3,8 +3,9 @@
 Every link (serial arbiter, TCP, UDP) has exactly one transaction in flight at a time.
 ``Turns`` decides who goes next when the holder releases the line:
 
-1. priority callers (control writes), first come first served: one waits for at most the
-   transaction already in flight;
+1. priority callers, first come first served - writes (control writes, limits) before
+   priority reads (a controller's input, see ``devices.base``): a priority write waits for
+   at most the transaction already in flight, a priority read for that and the writes;
 2. otherwise the next unit *after the last one served* (in order of first appearance) that
    has a waiting caller, FIFO within the unit. Position-based round-robin means a unit
    with many callers, or a dead unit that burns its whole timeout on every turn, still
@@ -25,10 +26,11 @@ from collections import deque
 class Turns:
     """Grant the line to one caller at a time (see module docstring)."""
 
-    __slots__ = ("_busy", "_priority", "_queues", "_order", "_last")
+    __slots__ = ("_busy", "_first", "_priority", "_queues", "_order", "_last")
 
     def __init__(self) -> None:
         self._busy = False
+        self._first: deque[asyncio.Future[None]] = deque()  # priority writes
         self._priority: deque[asyncio.Future[None]] = deque()
         self._queues: dict[int, deque[asyncio.Future[None]]] = {}
         self._order: list[int] = []  # units in order of first appearance
@@ -40,17 +42,18 @@ class Turns:
 
     def waiting(self) -> int:
         """Callers queued (not counting the holder)."""
-        return len(self._priority) + sum(len(q) for q in self._queues.values())
+        return len(self._first) + len(self._priority) + sum(len(q) for q in self._queues.values())
 
-    async def acquire(self, unit: int, priority: bool = False) -> None:
-        """Wait for the line. Cancellation while waiting leaves the queue consistent."""
+    async def acquire(self, unit: int, priority: bool = False, *, first: bool = False) -> None:
+        """Wait for the line. Cancellation while waiting leaves the queue consistent.
+        ``first`` (a write) puts a priority caller ahead of the priority reads."""
         if not self._busy:
             self._busy = True
             self._note_served(unit, priority)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if priority:
-            queue = self._priority
+            queue = self._first if first else self._priority
         else:
             queue = self._queues.get(unit)
             if queue is None:
@@ -89,6 +92,8 @@ class Turns:
         self._last = self._order.index(unit)
 
     def _next(self) -> asyncio.Future[None] | None:
+        if self._first:
+            return self._first.popleft()
         if self._priority:
             return self._priority.popleft()
         order = self._order

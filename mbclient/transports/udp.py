@@ -88,7 +88,7 @@ class UdpLink(LinkBase):
     async def transact(self, unit: int, request: Request, *, timeout: float, priority: bool = False) -> list[int]:
         self._admit(timeout)
         stats = self.stats(unit)
-        await self._turns.acquire(unit, priority)
+        await self._turns.acquire(unit, priority, first=request.writes)
         try:
             proto = await self._endpoint()
             proto.inbox.clear()  # whatever came before this request cannot be its answer

@@ -1,0 +1,68 @@
+"""Poll demand: a controller asks for one of our services' power to be read faster.
+
+The zero-export controller closes its loop on the grid meter's ``/Ac/Power``. At the
+meters' normal FAST interval (0.25 s) the wait for the next read alone eats the whole
+latency budget (a grid step must reach the inverter within 250 ms at 9600 Bd). Polling
+every meter at 10 Hz all the time would waste the line for everyone else, so the
+controller says which service it follows while it is active, and only that device polls
+its FAST class faster, only for as long as someone wants it.
+
+The controller names a D-Bus service, because it finds its meter on D-Bus like any other
+consumer (the meter may as well belong to another process; then nothing happens here).
+Device tasks attach under their service name and are told the interval wanted for it
+(``None``: no demand). Several owners may want the same service: the shortest wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+Listener = Callable[[float | None], None]
+
+
+class PollDemand:
+    """Who wants which service's FAST registers how often (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._wants: dict[object, tuple[str, float]] = {}
+        self._listeners: dict[str, Listener] = {}
+        self._told: dict[str, float | None] = {}
+
+    def want(self, owner: object, service: str | None, interval: float | None = None) -> None:
+        """``owner`` now wants ``service`` polled every ``interval`` s (``None``: nothing)."""
+        before = self._wants.get(owner)
+        if service is None or interval is None:
+            self._wants.pop(owner, None)
+        else:
+            self._wants[owner] = (service, interval)
+        for name in {w[0] for w in (before, self._wants.get(owner)) if w is not None}:
+            self._notify(name)
+
+    def interval(self, service: str) -> float | None:
+        """The shortest interval anyone wants for ``service`` (``None``: no demand)."""
+        wanted = [iv for name, iv in self._wants.values() if name == service]
+        return min(wanted) if wanted else None
+
+    def attach(self, service: str, listener: Listener) -> Callable[[], None]:
+        """Publish ``service`` as ours: ``listener`` hears the wanted interval now and on
+        every change. Returns the detach function (call it before renaming the service)."""
+        self._listeners[service] = listener
+        self._told.pop(service, None)
+        self._notify(service)
+
+        def detach() -> None:
+            if self._listeners.get(service) is listener:
+                del self._listeners[service]
+                self._told.pop(service, None)
+
+        return detach
+
+    def _notify(self, service: str) -> None:
+        listener = self._listeners.get(service)
+        if listener is None:
+            return
+        interval = self.interval(service)
+        if service in self._told and self._told[service] == interval:
+            return
+        self._told[service] = interval
+        listener(interval)
