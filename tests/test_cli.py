@@ -98,6 +98,7 @@ def test_bad_baud(args: list[str], words: list[str]) -> None:
     (["--metrics-port", "99999"], ["metrics port 99999"]),
     (["--settings", "/nonexistent-dir-for-mbclient/settings.xml"], ["settings file directory"]),
     (["--no-such-flag"], ["--no-such-flag"]),
+    (["--control-poll", "0"], ["--control-poll", "must be positive"]),
 ])
 def test_other_bad_options(args: list[str], words: list[str]) -> None:
     assert_usage_error(run_cli(*args), *words)
@@ -112,3 +113,10 @@ def test_models_table_lists_the_registry() -> None:
     assert lines[0].split()[:2] == ["Model", "Manufacturer"]
     for model in all_models():
         assert any(line.split()[0] == model.name for line in lines[2:]), model.name
+
+
+def test_control_poll_reaches_the_runtime() -> None:
+    from mbclient.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args([])).control_poll == 0.1
+    assert config_from_args(build_parser().parse_args(["--control-poll", "0.2"])).control_poll == 0.2

@@ -173,6 +173,34 @@ async def test_only_changed_values_propagate_and_refresh_classes_hold(tmp_path) 
     assert fast_reads == 1  # power alone: one transaction, whatever the meter's holes
 
 
+async def test_power_wanted_by_a_controller_is_read_more_often_on_the_priority_lane(tmp_path) -> None:  # noqa: ANN001
+    """Poll demand (runtime/demand.py): the FAST class at the wanted interval, at once, and
+    on the line's priority lane; the other classes and their lanes stay as they were."""
+    meter = sdm230(2)
+    meter.measure(500.0)
+    async with rtu_line(tmp_path, meter) as link:
+        driver, _store, _ = await connect(link, 2, "sdm230")
+        seen: list[tuple[int, int, bool]] = []  # (address, count, priority) per read
+        transact = link.transact
+
+        async def recording(unit, request, *, timeout, priority=False):  # noqa: ANN001, ANN202
+            seen.append((request.address, request.count, priority))
+            return await transact(unit, request, timeout=timeout, priority=priority)
+
+        link.transact = recording  # type: ignore[method-assign]
+        assert driver.interval(eastron.FAST) == 0.25
+        driver.set_fast_interval(0.1)
+        assert driver.interval(eastron.FAST) == 0.1
+        now = time.monotonic()
+        assert driver.next_deadline(now) <= now + 0.1  # not after the 0.25 s already planned
+        await driver.poll(now + 0.11)
+        assert seen == [(0x0C, 2, True)]  # power alone, ahead of the round of turns
+        driver.set_fast_interval(None)
+        assert driver.interval(eastron.FAST) == 0.25
+        await driver.poll(now + 0.5)
+        assert seen[1:] == [(0x0C, 2, False)]
+
+
 async def test_go_offline_keeps_energy_and_optionally_publishes_zero(tmp_path) -> None:  # noqa: ANN001
     meter = sdm230(2)
     meter.measure(800.0)
