@@ -161,13 +161,14 @@ async def test_health_counters_on_dbus_without_a_signal_storm(dbus_address: str,
                 assert tx > first
                 # many transactions, but the counters went out at most once per interval
                 link_tx = sup.device(meter_spec).link.stats(2).transactions
-                assert link_tx - first > 10
+                assert link_tx - first > 5  # power 4/s, the rest every 2 s or slower
                 assert 1 <= len(stats_signals) <= 2.0 / config.stats_interval + 1
                 assert await observer.get(METER, "/Mgmt/Stats/Timeouts") == 0
                 latency = await observer.get(METER, "/Mgmt/Stats/Latency")
                 assert latency is not None and 0 < latency < 1000  # milliseconds
                 refresh = await observer.get(METER, "/Mgmt/Stats/RefreshInterval")
-                assert refresh is not None and refresh > 0
+                # the FAST class's own interval (0.25 s), not the cycles that read slow blocks
+                assert refresh is not None and refresh >= 0.2
                 assert await observer.get(METER, "/Mgmt/Stats/State") == "online"
                 assert await observer.get(METER, "/Mgmt/Connection") == "Modbus RTU ttyUSB0:2"
                 assert await observer.get(METER, "/Mgmt/ProcessName") == "mbclient"

@@ -196,6 +196,9 @@ class Driver:
         self._latency: float | None = None
         self._intervals = {**model.intervals, **options.refresh}
         self._fast_override: float | None = None
+        #: Polls that refreshed the FAST class (the runtime measures the achieved interval)
+        self.fast_refreshes = 0
+        self._fast_read = False
         # Unknown line speed: assume the slowest common one (9600 Bd), where bridging
         # decisions matter most; on TCP that merely bridges a little less than it could.
         self._max_gap = bridge_limit(options.baud or 9600, options.turnaround)
@@ -399,7 +402,14 @@ class Driver:
         lacks is disabled. Blocks read before a failure keep their values. Pending writes
         (``wakeup`` set) are serviced between two reads.
         """
-        schedule = self.schedule
+        try:
+            await self._poll_due(self.schedule, now, interleave)
+        finally:
+            if self._fast_read:
+                self._fast_read = False
+                self.fast_refreshes += 1
+
+    async def _poll_due(self, schedule: list[ScheduledBlock], now: float, interleave: bool) -> None:
         i = 0
         while i < len(schedule):
             sb = schedule[i]
@@ -427,7 +437,9 @@ class Driver:
             sb.next_due = math.inf if sb.block.refresh == ONCE else now + interval
             self._apply(sb.block.decode(regs))
             self.store.flush()
-            if interleave and sb.block.refresh != FAST:
+            if sb.block.refresh == FAST:
+                self._fast_read = True
+            elif interleave:
                 return
             i += 1
 

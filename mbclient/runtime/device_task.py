@@ -561,9 +561,11 @@ class DeviceTask:
         driver = self.driver
         await driver.service_writes(now)
         if driver.due(now):
+            refreshes = driver.fast_refreshes
             await driver.poll(now, interleave=True)
             self._ok(now)
-            self.health.refresh.mark(now)
+            if driver.fast_refreshes != refreshes:  # slow blocks have cycles of their own
+                self.health.refresh.mark(now)
 
     async def _probe(self, now: float) -> None:
         """A FAILING/ASLEEP probe: one transaction; a full poll only once it answers."""
