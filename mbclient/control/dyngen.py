@@ -229,6 +229,7 @@ class DynamicGeneration:
         On the way out the limit is left as it is: handing the inverter back to full power
         while nobody watches the grid meter would be the one unsafe choice.
         """
+        self._following = None  # announce the followed meter afresh on every run
         await self._register_settings()
         _raise_if_cancelling()
         self._unsubscribe = self.store.subscribe(self._on_store_flush)
