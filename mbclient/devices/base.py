@@ -198,7 +198,6 @@ class Driver:
         self._fast_override: float | None = None
         #: Polls that refreshed the FAST class (the runtime measures the achieved interval)
         self.fast_refreshes = 0
-        self._fast_read = False
         # Unknown line speed: assume the slowest common one (9600 Bd), where bridging
         # decisions matter most; on TCP that merely bridges a little less than it could.
         self._max_gap = bridge_limit(options.baud or 9600, options.turnaround)
@@ -402,14 +401,8 @@ class Driver:
         lacks is disabled. Blocks read before a failure keep their values. Pending writes
         (``wakeup`` set) are serviced between two reads.
         """
-        try:
-            await self._poll_due(self.schedule, now, interleave)
-        finally:
-            if self._fast_read:
-                self._fast_read = False
-                self.fast_refreshes += 1
-
-    async def _poll_due(self, schedule: list[ScheduledBlock], now: float, interleave: bool) -> None:
+        schedule = self.schedule
+        fast = False
         i = 0
         while i < len(schedule):
             sb = schedule[i]
@@ -438,7 +431,9 @@ class Driver:
             self._apply(sb.block.decode(regs))
             self.store.flush()
             if sb.block.refresh == FAST:
-                self._fast_read = True
+                if not fast:
+                    fast = True
+                    self.fast_refreshes += 1
             elif interleave:
                 return
             i += 1
