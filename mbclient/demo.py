@@ -28,25 +28,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .dbus.daemon import daemon_command
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .liveview import LiveView
     from .sim import Site
-
-DAEMON_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 # House load through the day (hour, W): night base load, breakfast, lunch, dinner.
 LOAD_PROFILE = (
@@ -84,13 +71,8 @@ async def _stop_process(proc: asyncio.subprocess.Process, timeout: float = 5.0) 
 @contextlib.asynccontextmanager
 async def private_bus(directory: Path) -> AsyncIterator[str]:
     """A dbus-daemon of our own, listening on a socket in ``directory``; yields its address."""
-    daemon = shutil.which("dbus-daemon")
-    if daemon is None:
-        raise ConfigError("dbus-daemon not found: install the Debian package 'dbus' (apt-get install dbus)")
-    config = directory / "bus.conf"
-    config.write_text(DAEMON_CONFIG.format(socket=directory / "bus"))
     proc = await asyncio.create_subprocess_exec(
-        daemon, f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1",
+        *daemon_command(directory),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )
     try:

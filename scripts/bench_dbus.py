@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,13 +26,10 @@ from dbus_fast import Message, Variant  # noqa: E402
 from dbus_fast.aio import MessageBus  # noqa: E402
 
 from mbclient.dbus.bus import connect_bus  # noqa: E402
+from mbclient.dbus.daemon import start_dbus_daemon, stop_dbus_daemon  # noqa: E402
+from mbclient.errors import ConfigError  # noqa: E402
 from mbclient.dbus.service import ServiceExport  # noqa: E402
 from mbclient.items import ItemStore  # noqa: E402
-
-CONFIG = """<busconfig><type>session</type><listen>unix:path={sock}</listen><auth>EXTERNAL</auth>
-<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*" eavesdrop="true"/>
-<allow eavesdrop="true"/></policy></busconfig>"""
-
 
 def items_changed(paths: int, i: int) -> Message:
     body = {f"/Ac/P{k}": {"Value": Variant("d", float(i)), "Text": Variant("s", str(i))} for k in range(paths)}
@@ -109,15 +104,12 @@ if __name__ == "__main__":
     parser.add_argument("--signals", type=int, default=3000)
     parser.add_argument("--paths", type=int, default=50)
     args = parser.parse_args()
-    if not shutil.which("dbus-daemon"):
-        sys.exit("dbus-daemon not found (Debian package 'dbus')")
     with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "bus.conf"
-        conf.write_text(CONFIG.format(sock=Path(tmp) / "bus"))
-        daemon = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
-            asyncio.run(main(args.signals, args.paths, daemon.stdout.readline().strip()))
+            daemon, address = start_dbus_daemon(Path(tmp))
+        except ConfigError as exc:
+            sys.exit(str(exc))
+        try:
+            asyncio.run(main(args.signals, args.paths, address))
         finally:
-            daemon.terminate()
-            daemon.wait()
+            stop_dbus_daemon(daemon)

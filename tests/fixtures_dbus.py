@@ -1,7 +1,8 @@
 """Fixtures for a private dbus-daemon (owned by the D-Bus room).
 
-``dbus_daemon`` (session scope) starts ``dbus-daemon --nofork --print-address`` with a
-minimal configuration in a temporary directory and yields its address; ``dbus_address``
+``dbus_daemon`` (session scope) starts ``dbus-daemon --nofork --print-address`` with the
+project's private-bus configuration (``mbclient.dbus.daemon``) in a temporary directory
+and yields its address; ``dbus_address``
 is the same address for function-scoped use. Limits mirror a Venus OS system bus
 (1024 match rules, 50000 pending replies per connection). A missing dbus-daemon is an
 error, not a skip: ``scripts/test`` installs it, and a D-Bus layer that was never run
@@ -17,55 +18,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mbclient.dbus.daemon import start_dbus_daemon, stop_dbus_daemon  # noqa: F401 - re-exported
+
 PEER = Path(__file__).with_name("dbus_peer.py")
-
-CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-  <limit name="max_match_rules_per_connection">1024</limit>
-  <limit name="max_replies_per_connection">50000</limit>
-</busconfig>
-"""
-
-
-def start_dbus_daemon(directory: Path) -> tuple[subprocess.Popen, str]:
-    """Start a private bus in ``directory``; return the process and its address."""
-    exe = shutil.which("dbus-daemon")
-    if exe is None:
-        raise RuntimeError("dbus-daemon not found: install the Debian package 'dbus' (scripts/test does)")
-    config = directory / "bus.conf"
-    config.write_text(CONFIG.format(socket=directory / "bus"))
-    log = open(directory / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen(
-        [exe, f"--config-file={config}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    log.close()
-    address = proc.stdout.readline().strip()
-    if not address:
-        proc.kill()
-        raise RuntimeError(f"dbus-daemon did not start: {(directory / 'daemon.log').read_text()}")
-    return proc, address
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +35,7 @@ def dbus_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_dbus_daemon(proc)
 
 
 @pytest.fixture

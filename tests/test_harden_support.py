@@ -186,19 +186,14 @@ class BusWatch(Observer):
 @contextlib.contextmanager
 def private_bus() -> Iterator[tuple[str, Path]]:
     """A dbus-daemon of its own in a temporary directory: (address, directory)."""
-    from fixtures_dbus import start_dbus_daemon
+    from mbclient.dbus.daemon import start_dbus_daemon, stop_dbus_daemon
 
     with tempfile.TemporaryDirectory(prefix="mbclient-harden-") as tmp:
         proc, address = start_dbus_daemon(Path(tmp))
         try:
             yield address, Path(tmp)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except Exception:  # noqa: BLE001 - a stuck daemon is killed
-                proc.kill()
-                proc.wait()
+            stop_dbus_daemon(proc)
 
 
 @contextlib.asynccontextmanager
