@@ -5,10 +5,12 @@ the private dbus-daemon; stopped with SIGTERM; ``-x`` turns a device error into 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -31,6 +33,18 @@ async def start_cli(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_cli(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``start_cli``, and killed on the way out if the test left it running."""
+    proc = await start_cli(*args)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def finish(proc: asyncio.subprocess.Process, timeout: float = 20) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
@@ -40,18 +54,15 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 20) -> tuple
 async def test_runs_publishes_and_stops_cleanly_on_sigterm(dbus_address: str, tmp_path) -> None:
     async with site_on_pty(tmp_path) as (_site, port):
         observer = await Observer.connect(dbus_address)
-        proc = await start_cli("-F", str(spec_for(port.path, 2)), "--dbus", dbus_address,
-                               "--settings", str(tmp_path / "settings.xml"))
         try:
-            await observer.wait_name(METER, timeout=20)
-            await observer.wait_for(METER, "/Connected", lambda v: v == 1)
-            assert await observer.get(METER, "/Ac/Power") is not None
-            proc.send_signal(signal.SIGTERM)
-            code, _out, err = await finish(proc)
+            async with running_cli("-F", str(spec_for(port.path, 2)), "--dbus", dbus_address,
+                                   "--settings", str(tmp_path / "settings.xml")) as proc:
+                await observer.wait_name(METER, timeout=20)
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1)
+                assert await observer.get(METER, "/Ac/Power") is not None
+                proc.send_signal(signal.SIGTERM)
+                code, _out, err = await finish(proc)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             observer.close()
         assert code == 0, err
         assert "Traceback" not in err
@@ -87,20 +98,17 @@ async def test_without_exit_flag_a_device_error_stays_local(dbus_address: str, t
         squatter = await _squat(dbus_address, METER)
         observer = await Observer.connect(dbus_address)
         inverter = "com.victronenergy.pvinverter.growatt_QXB1234567"
-        proc = await start_cli("-F", f"{spec_for(port.path, 2, 'sdm230')},{spec_for(port.path, 1, 'growatt_min')}",
-                               "--dbus", dbus_address, "--settings", str(tmp_path / "settings.xml"))
         try:
-            await observer.wait_for(inverter, "/Connected", lambda v: v == 1, timeout=20)
-            await anyio.sleep(0.5)
-            assert proc.returncode is None  # the meter's failure did not stop the process
-            squatter.disconnect()  # the name is free again: the meter's task is retried
-            await observer.wait_for(METER, "/Connected", lambda v: v == 1, timeout=20)
-            proc.send_signal(signal.SIGTERM)
-            code, _out, err = await finish(proc)
+            async with running_cli("-F", f"{spec_for(port.path, 2, 'sdm230')},{spec_for(port.path, 1, 'growatt_min')}",
+                                   "--dbus", dbus_address, "--settings", str(tmp_path / "settings.xml")) as proc:
+                await observer.wait_for(inverter, "/Connected", lambda v: v == 1, timeout=20)
+                await anyio.sleep(0.5)
+                assert proc.returncode is None  # the meter's failure did not stop the process
+                squatter.disconnect()  # the name is free again: the meter's task is retried
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1, timeout=20)
+                proc.send_signal(signal.SIGTERM)
+                code, _out, err = await finish(proc)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
             observer.close()
     assert code == 0, err
     assert "device task failed" in err

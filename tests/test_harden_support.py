@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script: the package lives one level up
 
 import anyio  # noqa: E402
 from dbus_fast import Message, MessageType  # noqa: E402
-from test_runtime_support import BAUD, Observer, fast_options  # noqa: E402
+from test_runtime_support import BAUD, TEST_TIMERS, Observer, fast_options  # noqa: E402
 
 GROWATT_NAME = "com.victronenergy.pvinverter.growatt_QXB1234567"
 METER_NAME = "com.victronenergy.grid.eastron_23000123"
@@ -46,18 +46,7 @@ METER_IDENT = "eastron_23000123"
 
 #: Timers of the service child: production logic, test-sized waits. The backoff reaches
 #: its cap after a few probes, so a soak cycle exercises the capped regime.
-CHILD_TIMERS: dict[str, Any] = dict(
-    settings_wait=0.2,
-    identify_timeout=0.2,
-    grace=0.3,
-    backoff_base=0.05,
-    backoff_cap=0.5,
-    backoff_jitter=0.1,
-    link_down_cap=0.2,
-    stats_interval=0.5,
-    stall_timeout=0,
-    max_rss=0,
-)
+CHILD_TIMERS: dict[str, Any] = dict(TEST_TIMERS, grace=0.3, backoff_cap=0.5, backoff_jitter=0.1)
 
 
 def rtu_spec(path: str, unit: int, model: str | None = None) -> str:

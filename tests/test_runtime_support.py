@@ -31,22 +31,24 @@ BUSITEM = "com.victronenergy.BusItem"
 BAUD = 115200  # the seed runs at 9600; a faster line keeps the test short
 
 
+#: Test-sized timers for production logic (RuntimeConfig fields).
+TEST_TIMERS: dict[str, Any] = dict(
+    settings_wait=0.2,
+    identify_timeout=0.2,
+    grace=0.2,
+    backoff_base=0.05,
+    backoff_cap=0.1,
+    link_down_cap=0.2,
+    stats_interval=0.5,
+    stall_timeout=0,
+    max_rss=0,
+)
+
+
 def fast_config(dbus_address: str, settings_file: Path, specs: list[DeviceSpec], **kw: Any) -> RuntimeConfig:
     """Production logic with test-sized timers."""
-    values: dict[str, Any] = dict(
-        bus_address=dbus_address,
-        settings_file=str(settings_file),
-        settings_wait=0.2,
-        identify_timeout=0.2,
-        force_devices=specs,
-        grace=0.2,
-        backoff_base=0.05,
-        backoff_cap=0.1,
-        link_down_cap=0.2,
-        stats_interval=0.5,
-        stall_timeout=0,
-        max_rss=0,
-    )
+    values: dict[str, Any] = dict(TEST_TIMERS, bus_address=dbus_address, settings_file=str(settings_file),
+                                  force_devices=specs)
     values.update(kw)
     return RuntimeConfig(**values)
 
