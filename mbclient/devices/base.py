@@ -141,6 +141,13 @@ class Model:
     initial_timeout: float = 1.0
     intervals: Mapping[Refresh, float] = field(default_factory=lambda: dict(DEFAULT_INTERVALS))
     is_meter: bool = True  # energy meter (publishes /IsGenericEnergyMeter in non-grid roles)
+    # Where a scan looks for this model (discovery): the transports it speaks ("rtu",
+    # "ascii", "tcp", "udp"), the units it answers as from the factory, its factory baud
+    # rates (serial) and its TCP/UDP port.
+    transports: tuple[str, ...] = ("rtu",)
+    default_units: tuple[int, ...] = (1,)
+    rates: tuple[int, ...] = (9600,)
+    tcp_port: int = 502
 
     def __post_init__(self) -> None:
         if self.default_role not in self.allowed_roles:

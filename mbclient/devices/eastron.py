@@ -195,6 +195,9 @@ def _meter(name: str, product: str, pid: int, registers, derived, phases: int, r
         driver=EastronDriver,
         min_timeout=0.3,
         initial_timeout=1.0,
+        # Factory rates differ by model and manual (2400 for the small meters, 9600 for
+        # others, unverified per model): a scan tries both.
+        rates=(9600, 2400),
     ))
 
 

@@ -347,6 +347,8 @@ def _model(name: str, product: str, pid: int, rows: tuple[Row, ...]) -> Model:
         driver=VictronMeterDriver,
         min_timeout=0.2,
         initial_timeout=1.0,
+        transports=("udp",),
+        rates=(),
     ))
 
 
