@@ -128,7 +128,7 @@ async def test_limits_export_and_fails_safe_whenever_the_meter_cannot_be_trusted
     async with closed_loop(dbus_address, tmp_path) as rig:
         await settle_limiting(rig)
         pct = rate_writes(rig.site)[-1][1]
-        assert 19 <= pct <= 22  # 800 W of 4200 W, rounded up by the limiter
+        assert 19 <= pct <= 22  # 800 W of 4200 W, rounded down by the limiter
         assert rig.store[POWER] == pytest.approx(800.0, abs=60.0)  # W demanded (L = G + P)
         # W applied: follows the inverter's read-back, so it may trail the last write by a poll
         def applied_matches_last_write() -> bool:

@@ -238,12 +238,12 @@ def expect_accept(rec: dict[str, Any], rules: Rules) -> bool:
 
 
 def percent_matches(percent: int, watts: float, max_power: float) -> bool:
-    """``percent`` is ``watts`` as whole percent of ``max_power`` rounded up (never
-    curtailing more than asked): percent - 1 < share <= percent, clamped to 0..100."""
+    """``percent`` is ``watts`` as whole percent of ``max_power`` rounded down (a limit is
+    never exceeded): percent <= share < percent + 1, clamped to 0..100."""
     share = watts * 100.0 / max_power
-    if percent == 0:
-        return share <= 1e-6
-    return percent - 1 - 1e-6 < share <= percent + 1e-6
+    if percent == 100:
+        return share >= 100 - 1e-6
+    return percent - 1e-6 <= share < percent + 1 - 1e-6
 
 
 # =============================================================================== the run
@@ -471,9 +471,10 @@ def test_oracle_states_the_published_contract() -> None:
     assert not expect_accept(rec(P_LIMIT, "d", 100.0, sig="i"), rules)
     assert not expect_accept(rec("/Ac/Power", "d", 100.0), rules)
     assert not expect_accept(rec("/", "d", 100.0), rules)
-    assert percent_matches(50, 2100.0, 4200.0) and percent_matches(51, 2100.5, 4200.0)
-    assert percent_matches(0, 0.0, 4200.0) and not percent_matches(0, 1.0, 4200.0)
-    assert not percent_matches(49, 2100.0, 4200.0)
+    assert percent_matches(50, 2100.0, 4200.0) and percent_matches(50, 2141.5, 4200.0)
+    assert not percent_matches(51, 2100.5, 4200.0)  # 51 % would exceed the limit
+    assert percent_matches(0, 0.0, 4200.0) and percent_matches(0, 41.0, 4200.0)
+    assert not percent_matches(49, 2100.0, 4200.0) and percent_matches(100, 4200.0, 4200.0)
 
 
 if __name__ == "__main__":

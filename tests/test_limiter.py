@@ -41,10 +41,13 @@ class Rig:
         return await self.lim.service(self.clock.t)
 
 
-def test_percent_rounds_up_and_clamps() -> None:
+def test_percent_rounds_down_so_a_limit_is_never_exceeded_and_clamps() -> None:
     assert percent_of(2100, 4200) == 50
-    assert percent_of(2101, 4200) == 51
-    assert percent_of(42 * 3, 4200) == 3  # exact values are not pushed up by float fuzz
+    assert percent_of(2141, 4200) == 50  # 50.98 %: 51 % would be 2142 W, above the limit
+    assert percent_of(1000, 4200) == 23  # an ESS feed-in limit of 1000 W: 966 W, never 1008 W
+    assert percent_of(41, 4200) == 0  # zero export must not hold a steady 41 W
+    assert percent_of(42 * 3, 4200) == 3  # exact values are not pushed down by float fuzz
+    assert percent_of(4200 * 0.29, 4200) == 29
     assert percent_of(0, 4200) == 0
     assert percent_of(9999, 4200) == 100
 
@@ -65,7 +68,7 @@ async def test_ess_write_is_written_at_once_and_expires_to_maximum() -> None:
     assert rig.store.write(P_POWER_LIMIT, 1000) == ACCEPTED  # an int from the Modbus-TCP server
     assert rig.wakes >= 2 and rig.lim.ess_active
     assert await rig.service()
-    assert rig.written == [24]  # 1000 / 4200 = 23.8 % -> 24 %
+    assert rig.written == [23]  # 1000 / 4200 = 23.8 % -> 23 % (966 W: a limit is never exceeded)
     rig.clock.t += 59
     assert rig.store.write(P_POWER_LIMIT, 1000.0) == ACCEPTED  # keep-alive, same value
     assert not await rig.service()  # same percent: no write
@@ -74,7 +77,7 @@ async def test_ess_write_is_written_at_once_and_expires_to_maximum() -> None:
     rig.clock.t += 2  # 61 s after the last ESS write
     assert rig.lim.deadline(rig.clock.t) <= rig.clock.t
     assert await rig.service()
-    assert rig.written == [24, 100] and not rig.lim.ess_active
+    assert rig.written == [23, 100] and not rig.lim.ess_active
 
 
 @pytest.mark.asyncio
@@ -102,7 +105,7 @@ async def test_controller_has_deadband_and_minimum_interval() -> None:
     assert not await rig.service()
     assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t + 2.0)
     rig.clock.t += 2.0
-    assert await rig.service() and rig.written == [50, 52, 24]
+    assert await rig.service() and rig.written == [50, 52, 23]
     assert rig.lim.writes_per_hour == 3
     rig.clock.t += 3601
     assert rig.lim.writes_per_hour == 0
@@ -111,16 +114,16 @@ async def test_controller_has_deadband_and_minimum_interval() -> None:
 @pytest.mark.asyncio
 async def test_the_deadband_is_judged_on_requests_not_on_rounded_percent() -> None:
     """The controller asks only when its output moved by more than the deadband; rounding
-    to whole register percent must not swallow such a move (30.4 % -> 31, 31.5 % -> 32 is
+    to whole register percent must not swallow such a move (30.4 % -> 30, 31.5 % -> 31 is
     one register point but 1.1 points of request), nor let a smaller one through."""
     rig = Rig(min_interval=2.0, deadband=1.0)
     rig.lim.request(4200 * 0.304, "dyngen")
-    assert await rig.service() and rig.written == [31]
+    assert await rig.service() and rig.written == [30]
     rig.clock.t += 5
-    rig.lim.request(4200 * 0.313, "dyngen")  # 0.9 points: inside, though it rounds to 32
+    rig.lim.request(4200 * 0.313, "dyngen")  # 0.9 points: inside, though it rounds to 31
     assert not await rig.service()
     rig.lim.request(4200 * 0.315, "dyngen")  # 1.1 points
-    assert await rig.service() and rig.written == [31, 32]
+    assert await rig.service() and rig.written == [30, 31]
 
 
 @pytest.mark.asyncio
@@ -134,7 +137,7 @@ async def test_ess_wins_and_the_controller_stands_aside() -> None:
     assert await rig.service() and rig.written == [50, 10]
     rig.clock.t += 11
     assert await rig.service()  # ESS expired: back to the controller's request
-    assert rig.written == [50, 10, 72]
+    assert rig.written == [50, 10, 71]
 
 
 @pytest.mark.asyncio

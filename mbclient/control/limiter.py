@@ -22,9 +22,10 @@ object so they never fight and so the inverter is written kindly:
   driver calls ``disable(reason)``: ``/Ac/PowerLimit`` goes invalid (Victron's "limiting not
   supported"), writes are refused and the reason is published.
 
-Watts are converted to whole percent of ``max_power`` by rounding *up* (never curtail more
-than asked: ESS and the controller close their loops on the measured export anyway; the
-error is below 1 % of rated power), clamped to 0..100.
+Watts are converted to whole percent of ``max_power`` by rounding *down*, clamped to
+0..100: a limit is never exceeded (an ESS feed-in limit is a grid-code limit, and zero
+export must not hold a steady small export); the cost is curtailing up to 1 % of rated
+power more than asked.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ WriteRate = Callable[[int], Awaitable[None]]
 
 
 def percent_of(watts: float, max_power: float) -> int:
-    """Whole percent of ``max_power`` for ``watts``, rounded up, clamped to 0..100."""
+    """Whole percent of ``max_power`` for ``watts``, rounded down (the limit is never
+    exceeded), clamped to 0..100."""
     if max_power <= 0 or not math.isfinite(watts):
         return 100
-    pct = math.ceil(watts * 100.0 / max_power - 1e-9)
+    pct = math.floor(watts * 100.0 / max_power + 1e-9)
     return max(0, min(100, pct))
 
 
@@ -295,7 +297,7 @@ class PowerLimiter:
         if source == DYNGEN and self._dyngen is not None and self.max_power:
             exact = max(0.0, min(100.0, self._dyngen * 100.0 / self.max_power))
         if source == DYNGEN and not self._urgent:
-            # Judged on the exact requests: rounding up could turn a move of 1.6 points into
+            # Judged on the exact requests: rounding could turn a move of 1.6 points into
             # one of 1 register point and swallow the write the controller asked for.
             ref = self._written_exact if self._written_exact is not None else old
             if old is not None and exact is not None and abs(exact - ref) <= self.deadband and want != 100:
