@@ -3,7 +3,11 @@ test_drivers_growatt.py): what is written, when, and what is refused."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from mbclient.control.limiter import P_POWER_LIMIT, P_STATUS, PowerLimiter, percent_of
 from mbclient.items import ACCEPTED, NOT_WRITABLE, REJECTED, ItemStore
@@ -219,3 +223,54 @@ async def test_interval_runs_from_the_end_of_the_write() -> None:
     assert await rig.lim.service(started)
     rig.lim.request(1000, "dyngen")
     assert rig.lim.deadline(rig.clock.t) == pytest.approx(started + 0.8 + 2.0)
+
+
+@pytest.mark.asyncio
+async def test_a_request_inside_the_deadband_leaves_no_deadline_behind() -> None:
+    """30.04 % written as 30 %, then 31.03 % asked: inside the deadband, so declined - and
+    no deadline in the past, or the device task would wake at once, forever."""
+    rig = Rig(min_interval=2.0, deadband=1.0)
+    rig.lim.request(4200 * 0.3004, "dyngen")
+    assert await rig.service() and rig.written == [30]
+    rig.lim.request(4200 * 0.3103, "dyngen")
+    rig.clock.t += 5.0
+    assert not await rig.service()
+    assert rig.lim.deadline(rig.clock.t) > rig.clock.t + 3600
+    rig.lim.request(4200 * 0.3105, "dyngen")  # 1.01 points: written, no deadline needed
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t)
+    assert await rig.service() and rig.written == [30, 31]
+
+
+# 0.1 % steps of 4200 W, mostly close together (where deadband and rounding disagree), and beyond
+_watts = st.one_of(st.integers(280, 330), st.integers(0, 1100)).map(lambda tenths: tenths * 4.2)
+_steps = st.lists(st.one_of(
+    st.tuples(st.just("dyngen"), st.one_of(st.none(), _watts), st.booleans()),
+    st.tuples(st.just("ess"), st.one_of(st.none(), _watts), st.just(False)),
+    st.tuples(st.just("sync"), st.one_of(st.none(), st.integers(0, 255)), st.just(False)),
+    st.tuples(st.just("wait"), st.floats(0, 70), st.just(False)),
+), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_steps)
+@example(steps=[("dyngen", 4200 * 0.3004, False), ("dyngen", 4200 * 0.3103, False), ("wait", 5.0, False)])
+def test_after_service_the_deadline_is_never_now(steps) -> None:  # noqa: ANN001
+    """Whatever happened before, once ``service`` has run, ``deadline`` names a future time:
+    the device task sleeps until then (a deadline at or before now would spin it)."""
+
+    async def run() -> None:
+        rig = Rig(min_interval=2.0, deadband=1.0, ess_timeout=60.0)
+        for kind, value, urgent in steps:
+            if kind == "dyngen":
+                rig.lim.request(value, "dyngen", urgent=urgent)
+            elif kind == "ess":
+                rig.lim.request(value, "ess")
+            elif kind == "sync":
+                rig.lim.sync(value)
+            else:
+                rig.clock.t += value
+            while await rig.service():  # a write may make way for another one
+                pass
+            assert rig.lim.deadline(rig.clock.t) > rig.clock.t, (kind, value, rig.written)
+
+    asyncio.run(run())

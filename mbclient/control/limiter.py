@@ -257,19 +257,41 @@ class PowerLimiter:
 
     # -- the writer ---------------------------------------------------------------------------------
     def deadline(self, now: float) -> float:
-        """When ``service`` must run even without a wakeup: ESS expiry or a postponed write."""
+        """When ``service`` must run even without a wakeup: ESS expiry or a postponed write.
+
+        Never a time at which ``service`` would decline: a past deadline for a write that
+        ``service`` refuses (e.g. a request inside the deadband) would make the device task
+        spin. A declined request needs no deadline: the next ``request`` wakes the task."""
         times = []
         if self._ess_at is not None:
             times.append(self._ess_at + self.ess_timeout)
         if self._held_at is not None and self._held is not None:
             times.append(self._held_at + self.ess_timeout)
-        if self.enabled and self._pending_write():
-            times.append(now if self._urgent else self._last_write + self.min_interval)
+        due = self._next_write(now)
+        if due is not None:
+            times.append(due[0])
         return min(times, default=math.inf)
 
-    def _pending_write(self) -> bool:
+    def _next_write(self, now: float) -> tuple[float, int, float | None] | None:
+        """(when, percent, exact request in percent) of the next write, or None when nothing
+        is to be written. The one place that decides, for ``service`` and ``deadline`` alike."""
+        if not self.enabled or not self.max_power:
+            return None
         want = self.target_percent()
-        return self._written != want and not (self._written is None and want == 100)
+        old = self._written
+        if old == want or (old is None and want == 100):
+            return None
+        exact = None
+        if self.source == DYNGEN and self._dyngen is not None:
+            exact = max(0.0, min(100.0, self._dyngen * 100.0 / self.max_power))
+            if not self._urgent:
+                # Judged on the exact requests: rounding could turn a move of 1.6 points into
+                # one of 1 register point and swallow the write the controller asked for.
+                ref = self._written_exact if self._written_exact is not None else old
+                if old is not None and abs(exact - ref) <= self.deadband and want != 100:
+                    return None
+                return max(now, self._last_write + self.min_interval), want, exact
+        return now, want, exact
 
     async def service(self, now: float | None = None) -> bool:
         """Write the rate register if the target changed. Returns True if it wrote.
@@ -285,25 +307,13 @@ class PowerLimiter:
             log.info("%s: nobody renewed the %d%% limit found at start within %.0f s, returning to %s", self.name,
                      self._held, self.ess_timeout, "maximum" if self._dyngen is None else "the controller's limit")
             self._held = None
-        if not self.enabled or not self.max_power:
-            return False
-        want = self.target_percent()
-        old = self._written
-        if old == want or (old is None and want == 100):
-            self._refresh_counters()
-            return False
         source = self.source or "release"
-        exact = None
-        if source == DYNGEN and self._dyngen is not None and self.max_power:
-            exact = max(0.0, min(100.0, self._dyngen * 100.0 / self.max_power))
-        if source == DYNGEN and not self._urgent:
-            # Judged on the exact requests: rounding could turn a move of 1.6 points into
-            # one of 1 register point and swallow the write the controller asked for.
-            ref = self._written_exact if self._written_exact is not None else old
-            if old is not None and exact is not None and abs(exact - ref) <= self.deadband and want != 100:
-                return False
-            if now - self._last_write < self.min_interval:
-                return False  # ``deadline`` says when to come back
+        old = self._written
+        due = self._next_write(now)
+        if due is None or due[0] > now:
+            self._refresh_counters()
+            return False  # nothing to write, or ``deadline`` says when to come back
+        _, want, exact = due
         await self._write_rate(want)
         self._urgent = False
         self._written = want
