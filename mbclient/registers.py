@@ -119,6 +119,10 @@ S64LE = DataType("s64le", 4, "q", swapped=True)
 F32LE = DataType("f32le", 2, "f", swapped=True)
 
 
+#: Number types by the name a definition file uses.
+TYPES: Mapping[str, DataType] = {t.name: t for t in (U16, S16, U32, S32, U64, S64, F32, U32LE, S32LE, U64LE, S64LE, F32LE)}
+
+
 def text(words: int) -> DataType:
     """An ASCII text of ``words`` registers (2 characters each)."""
     if words < 1:
@@ -136,6 +140,12 @@ class WriteRule:
     min: float | None = None
     max: float | None = None
     choices: tuple[Value, ...] | None = None
+    #: Register the value is written to when it is not the one it is read from (a set
+    #: point read back elsewhere); None: the register itself.
+    address: int | None = None
+    #: Re-read the register's block right after a write, so the published value is the
+    #: device's answer rather than what was asked for.
+    readback: bool = True
 
     def check(self, value: Value) -> None:
         if self.choices is not None and value not in self.choices:
@@ -185,6 +195,10 @@ class Register:
     cumulative: bool = False
     asleep: Value = None
     optional: bool = False
+    #: Name of another register holding a power-of-ten exponent (SunSpec ``*_SF``): the
+    #: published value is raw x 10**exponent / scale. Applied by the driver, which knows
+    #: the other register's value; ``decode`` alone returns the unscaled number.
+    scale_ref: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.address or self.address + self.type.words > 0x10000:
@@ -221,7 +235,7 @@ class Register:
         if self.values is not None:
             sample = next((v for v in self.values.values() if v is not None), 0)
             return type(sample)
-        if self.type.is_float or self.scale != 1:
+        if self.type.is_float or self.scale != 1 or self.scale_ref is not None:
             return float
         return int
 
@@ -252,7 +266,14 @@ class Register:
             return raw / self.scale
         return float(raw) if self.value_kind is float else raw
 
-    def encode(self, value: Value) -> list[int]:
+    def rescale(self, value: Value, exponent: Value) -> Value:
+        """A decoded value of a ``scale_ref`` register times 10**exponent (invalid when the
+        exponent is; SunSpec allows -10..10)."""
+        if value is None or not isinstance(exponent, int) or not -10 <= exponent <= 10:
+            return None
+        return float(value) * 10.0**exponent
+
+    def encode(self, value: Value, exponent: int | None = None) -> list[int]:
         """Registers to write for a published value; raises ValueError if not allowed."""
         if self.write is None:
             raise ValueError(f"{self.name} is not writable")
@@ -269,6 +290,10 @@ class Register:
         if self.type.is_text:
             return self.type.encode(str(value))
         raw = value * self.scale if self.scale != 1 else value
+        if self.scale_ref is not None:
+            if exponent is None:
+                raise ValueError(f"{self.name}: scale factor {self.scale_ref} not read yet")
+            raw = raw / 10.0**exponent
         return self.type.encode(raw if self.type.is_float else round(raw))
 
 
@@ -301,6 +326,8 @@ class Derived:
     kind: type = float
     cumulative: bool = False
     asleep: Value = None
+    #: Call ``fn`` even when some inputs are invalid (``None``), e.g. "first valid".
+    partial: bool = False
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -316,6 +343,49 @@ def difference(a: float, b: float) -> float:
 
 def total(*parts: float) -> float:
     return float(sum(parts))
+
+
+def negate(a: float) -> float:
+    return -a
+
+
+def absolute(a: float) -> float:
+    return abs(a)
+
+
+def first_valid(*values: Value) -> Value:
+    return next((v for v in values if v is not None), None)
+
+
+def mean(*values: float) -> float:
+    return float(sum(values)) / len(values)
+
+
+def maximum(*values: float) -> float:
+    return max(values)
+
+
+def minimum(*values: float) -> float:
+    return min(values)
+
+
+def product(*values: float) -> float:
+    return math.prod(values)
+
+
+#: The closed set of functions a definition file may name for a derived path:
+#: name -> (function, called with invalid inputs too, (min, max) number of inputs).
+FUNCTIONS: Mapping[str, tuple[Callable[..., Value], bool, tuple[int, int]]] = {
+    "sum": (total, False, (1, 64)),
+    "difference": (difference, False, (2, 2)),
+    "negate": (negate, False, (1, 1)),
+    "abs": (absolute, False, (1, 1)),
+    "first_valid": (first_valid, True, (1, 64)),
+    "mean": (mean, False, (1, 64)),
+    "max": (maximum, False, (1, 64)),
+    "min": (minimum, False, (1, 64)),
+    "product": (product, False, (2, 64)),
+}
 
 
 # --- block planning ---------------------------------------------------------------------------

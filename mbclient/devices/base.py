@@ -113,6 +113,29 @@ class DeviceOptions:
     initial_timeout: float | None = None  # before any latency was measured; None: the model's
 
 
+# --- variants and quirks ---------------------------------------------------------------------------
+
+#: Device quirks a definition file may name; the driver implements them (seconds each).
+#: ``connect_delay``: wait after connecting before the first request (devices that drop
+#: requests while they set up a connection); ``request_gap``: least pause between the end
+#: of one request of this unit and the next (devices that need to breathe between reads).
+QUIRKS = ("connect_delay", "request_gap")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """Rows a unit has or lacks by an identity value (e.g. its phase configuration):
+    when identity register ``key`` reads one of ``values``, the rows named in ``add``
+    are polled and published, those in ``drop`` are not, and ``phases`` (if set) is the
+    unit's /NrOfPhases."""
+
+    key: str
+    values: tuple[Value, ...]
+    add: frozenset[str] = frozenset()
+    drop: frozenset[str] = frozenset()
+    phases: int | None = None
+
+
 # --- detection ---------------------------------------------------------------------------------
 
 Detector = Callable[["UnitClient", float], "Any"]  # async (client, timeout) -> Model | None
@@ -148,6 +171,11 @@ class Model:
     default_units: tuple[int, ...] = (1,)
     rates: tuple[int, ...] = (9600,)
     tcp_port: int = 502
+    # Rows (register and derived names) only a matching variant adds, and the variants.
+    variant_rows: frozenset[str] = frozenset()
+    variants: tuple[Variant, ...] = ()
+    quirks: Mapping[str, float] = field(default_factory=dict)
+    source: str = ""  # definition file the model was loaded from ("" for a model built in code)
 
     def __post_init__(self) -> None:
         if self.default_role not in self.allowed_roles:
@@ -212,11 +240,49 @@ class Driver:
         for d in model.derived:
             for name in d.inputs:
                 self._by_input.setdefault(name, []).append(d)
+        #: Rows this unit lacks (its variant); registers() and derived() leave them out.
+        self._excluded: frozenset[str] = model.variant_rows
+        self.phases = model.phases
+        self._last_request_end = 0.0
+        self._scaled_by: dict[str, list[Register]] = {}
+        self._raw: dict[str, Value] = {}  # unscaled values of scale_ref registers
+        for r in model.registers:
+            if r.scale_ref is not None:
+                self._scaled_by.setdefault(r.scale_ref, []).append(r)
 
     # -- hooks for family modules -------------------------------------------------------------
     def registers(self) -> Sequence[Register]:
         """The registers this unit is polled for (a subclass may filter by identity)."""
-        return self.model.registers
+        if not self._excluded:
+            return self.model.registers
+        return tuple(r for r in self.model.registers if r.name not in self._excluded)
+
+    def derived(self) -> Sequence[Derived]:
+        """The derived paths this unit publishes (those of its variant)."""
+        if not self._excluded:
+            return self.model.derived
+        return tuple(d for d in self.model.derived if d.name not in self._excluded)
+
+    def select_variant(self, values: Mapping[str, Value]) -> None:
+        """Apply the first variant whose identity value matches (or none: the base rows)."""
+        model = self.model
+        if not model.variants:
+            return
+        excluded, phases = model.variant_rows, model.phases
+        for v in model.variants:
+            if values.get(v.key) in v.values:
+                excluded = (model.variant_rows - v.add) | v.drop
+                phases = v.phases or phases
+                break
+        if excluded != self._excluded or phases != self.phases:
+            self._excluded, self.phases = excluded, phases
+            if self._items_added:
+                for d in model.derived:
+                    if d.name in excluded and d.name in self.store:
+                        self.store.remove(d.name)
+                if "/NrOfPhases" in self.store:
+                    self.store.set("/NrOfPhases", phases)
+            self.replan()
 
     def make_identity(self, values: Mapping[str, Value]) -> Identity:
         """Build the Identity from the decoded identity registers (names serial, firmware,
@@ -250,6 +316,9 @@ class Driver:
         """Read the identity registers (exception 2 on an optional block leaves those values
         unset, so a model can list fallbacks) and build the Identity. Raises ModbusError."""
         values: dict[str, Value] = {}
+        delay = self.model.quirks.get("connect_delay")
+        if delay:
+            await asyncio.sleep(delay)
         blocks = plan_blocks(self.model.identity, self.model.rules, max_gap=self._max_gap)
         while blocks:
             block = blocks.pop(0)
@@ -268,6 +337,7 @@ class Driver:
             for reg, v in block.decode(regs).items():
                 values[reg.name] = v
         self.identity = self.make_identity(values)
+        self.select_variant(values)
         return self.identity
 
     # -- items ---------------------------------------------------------------------------------
@@ -275,11 +345,11 @@ class Driver:
         """Define every device path (invalid until read). Generic paths are the runtime's."""
         self._items_added = True
         self._add_register_items(self.registers())
-        for d in self.model.derived:
+        for d in self.derived():
             self.store.add(d.name, self.values.get(d.name), unit=d.unit, precision=d.precision, kind=d.kind,
                            formatter=d.formatter())
         if self.model.is_meter:
-            self.store.add("/NrOfPhases", self.model.phases, kind=int)
+            self.store.add("/NrOfPhases", self.phases, kind=int)
             if self.role != "grid":
                 # Energy meters in another role are "generic energy meters" (upstream,
                 # dbus-cgwacs, dbus-shelly): they measure but cannot limit.
@@ -322,7 +392,7 @@ class Driver:
     def _write_hook(self, reg: Register) -> Callable[[Value], bool]:
         def on_write(value: Value) -> bool:
             try:
-                reg.encode(value)
+                reg.encode(value, self._exponent(reg))
             except (ValueError, TypeError):
                 return False
             self._pending[reg.name] = (reg, value)
@@ -484,7 +554,24 @@ class Driver:
             if not read.cancelled():
                 read.exception()  # mark it retrieved (it was raised above or superseded)
 
+    def _exponent(self, reg: Register) -> int | None:
+        if reg.scale_ref is None:
+            return None
+        sf = self.values.get(reg.scale_ref)
+        return sf if isinstance(sf, int) else None
+
     async def _read_block(self, block: Block) -> list[int]:
+        gap = self.model.quirks.get("request_gap")
+        if gap:
+            wait = self._last_request_end + gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        try:
+            return await self._timed_read(block)
+        finally:
+            self._last_request_end = time.monotonic()
+
+    async def _timed_read(self, block: Block) -> list[int]:
         started = time.monotonic()
         # A controller's input (FAST class under poll demand) rides the priority lane like a
         # write: it waits for at most the transaction in flight, never for a round of turns.
@@ -497,6 +584,8 @@ class Driver:
 
     def _apply(self, decoded: Mapping[Register, Value]) -> None:
         changed: dict[str, Value] = {}
+        if self._scaled_by:
+            decoded = self._rescale(decoded)
         for reg, value in decoded.items():
             for key in dict.fromkeys((reg.name, *reg.paths)):
                 if self._remember(key, value):
@@ -508,6 +597,25 @@ class Driver:
         if changed:
             self.on_values(changed)
 
+    def _rescale(self, decoded: Mapping[Register, Value]) -> dict[Register, Value]:
+        """Apply scale factors read from other registers (SunSpec ``*_SF``): a value uses
+        the factor read in the same block if there is one, else the last one read; a
+        changed factor rescales the values already read with it."""
+        out = dict(decoded)
+        factors = {r.name: v for r, v in decoded.items() if r.name in self._scaled_by}
+        for reg, value in decoded.items():
+            if reg.scale_ref is not None:
+                sf = factors.get(reg.scale_ref, self.values.get(reg.scale_ref))
+                out[reg] = reg.rescale(value, sf)
+                self._raw[reg.name] = value
+        for name, sf in factors.items():
+            if self.values.get(name, _MISSING) == sf:
+                continue
+            for reg in self._scaled_by[name]:
+                if reg not in decoded and reg.name in self._raw:
+                    out[reg] = reg.rescale(self._raw[reg.name], sf)
+        return out
+
     def _remember(self, name: str, value: Value) -> bool:
         old = self.values.get(name, _MISSING)
         self.values[name] = value
@@ -517,8 +625,10 @@ class Driver:
         todo = list(changed)
         while todo:
             for d in self._by_input.get(todo.pop(), ()):
+                if d.name in self._excluded:
+                    continue
                 args = [self.values.get(n) for n in d.inputs]
-                value = None if any(a is None for a in args) else d.fn(*args)
+                value = None if (not d.partial and any(a is None for a in args)) else d.fn(*args)
                 if value is not None and d.kind is float:
                     value = float(value)
                 if self._remember(d.name, value):
@@ -533,7 +643,7 @@ class Driver:
         cumulative counters and once-read values are kept. Everything is re-read on the
         next poll."""
         zero = self.options.zero_when_asleep
-        rows: list[Register | Derived] = [*self.registers(), *self.model.derived]
+        rows: list[Register | Derived] = [*self.registers(), *self.derived()]
         for row in rows:
             if row.cumulative or getattr(row, "refresh", None) == ONCE:
                 continue
@@ -559,16 +669,28 @@ class Driver:
         self.wakeup.clear()
         while self._pending:
             name, (reg, value) = next(iter(self._pending.items()))
-            words = reg.encode(value)
+            words = reg.encode(value, self._exponent(reg))
             old = self.values.get(reg.name)
+            rule = reg.write
+            address = rule.address if rule is not None and rule.address is not None else reg.address
             if len(words) == 1:
-                await self.client.write_register(reg.address, words[0], timeout=self.timeout, priority=True)
+                await self.client.write_register(address, words[0], timeout=self.timeout, priority=True)
             else:
-                await self.client.write_registers(reg.address, words, timeout=self.timeout, priority=True)
+                await self.client.write_registers(address, words, timeout=self.timeout, priority=True)
             self.log.info("%s: wrote %s %r -> %r", self.model.name, reg.name, old, value)
             if self._pending.get(name, (None, None))[1] == value:
                 del self._pending[name]
-            self._apply({reg: value})
+            if reg.scale_ref is None:
+                self._apply({reg: value})
+            else:  # _apply takes raw values of these
+                self._remember(reg.name, value)
+                for path in reg.paths:
+                    if path in self.store:
+                        self.store.set(path, value)
+            if rule is not None and rule.readback:
+                for sb in self.schedule:  # the device's own answer on the next poll
+                    if reg in sb.block.registers:
+                        sb.next_due = 0.0
         await self.service_device(now)
 
 
