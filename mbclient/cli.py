@@ -28,6 +28,7 @@ PROG = "mbclient"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+VENUS_MARKER = "/opt/victronenergy"  # present on every Venus OS device
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "DBUS_SESSION_BUS_ADDRESS is set, else the system bus)")
     p.add_argument("--settings", metavar="FILE", help="serve settings ourselves, stored in FILE "
                    "(instead of com.victronenergy.settings)")
+    p.add_argument("--gx", action="store_true", help="this is a GX device: wait for com.victronenergy.settings "
+                   f"as long as it takes and never serve it (the default when {VENUS_MARKER} exists)")
     p.add_argument("--max-rss", type=_non_negative_float, default=150.0, metavar="MB",
                    help="exit cleanly when the resident set exceeds this many MB (default 150, 0: off)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (off by default)")
@@ -142,9 +145,13 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
             raise ConfigError(f"settings file directory {parent} does not exist")
     if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
         raise ConfigError(f"metrics port {args.metrics_port} outside 1..65535")
+    on_gx = args.gx or os.path.isdir(VENUS_MARKER)
     return RuntimeConfig(
         bus_address=args.dbus,
         settings_file=args.settings,
+        # On a GX the settings name belongs to Victron's localsettings, however late it
+        # starts; the embedded store only when asked for (--settings) or on a laptop.
+        settings_wait=None if on_gx and args.settings is None else 3.0,
         port_name=port_name,
         force_devices=specs,
         exit_on_error=args.exit,

@@ -107,6 +107,17 @@ def device_setting(ident: str, name: str) -> str:
     return f"/Settings/Devices/{ident}/{name}"
 
 
+async def _wait_for_settings(bus: MessageBus, bus_address: str | None, log_interval: float) -> None:
+    """Block until somebody else serves the settings; one log line now and every interval."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    log.info("waiting for %s (Victron's localsettings) on %s", SERVICE, describe_bus(bus_address))
+    while await wait_for_name(bus, SERVICE, log_interval) is None:
+        log.warning("still waiting for %s after %.0f s (mbclient never serves it on a GX; "
+                    "--settings FILE to use a file instead)", SERVICE, loop.time() - start)
+    log.info("%s is there: using it", SERVICE)
+
+
 class SettingsClient:
     """Talks to com.victronenergy.settings over its own connection. Use :meth:`connect`."""
 
@@ -127,20 +138,27 @@ class SettingsClient:
         cls,
         bus_address: str | None = None,
         *,
-        wait: float = 3.0,
+        wait: float | None = 3.0,
         embedded_path: Path | str | None = None,
         force_embedded: bool = False,
         save_delay: float = 1.0,
+        wait_log_interval: float = 60.0,
     ) -> SettingsClient:
         """Find the settings service (up to ``wait`` s) or serve the embedded one.
 
+        ``wait=None`` (a GX): wait for the settings service as long as it takes, with a log
+        line every ``wait_log_interval`` s, and never serve the name: on a slow boot runit
+        starts services in parallel, and a process that took ``com.victronenergy.settings``
+        before Victron's localsettings would leave every Venus service without settings.
         ``force_embedded`` (``--settings FILE``) serves the embedded store at once and is a
         ConfigError if another settings service already owns the name.
         """
         bus = await connect_bus(bus_address)
         embedded: LocalSettings | None = None
         try:
-            if force_embedded:
+            if wait is None and not force_embedded:
+                await _wait_for_settings(bus, bus_address, wait_log_interval)
+            elif force_embedded:
                 if await name_owner(bus, SERVICE):
                     raise ConfigError(f"{SERVICE} already runs on {describe_bus(bus_address)}; cannot serve a settings file")
                 embedded = LocalSettings(embedded_path, bus_address, save_delay=save_delay)

@@ -20,7 +20,10 @@ class RuntimeConfig:
     # -- where -------------------------------------------------------------------------------
     bus_address: str | None = None  # None: session bus if DBUS_SESSION_BUS_ADDRESS, else system
     settings_file: str | None = None  # forces the embedded settings service, stored there
-    settings_wait: float = 3.0  # how long to wait for com.victronenergy.settings to appear
+    # how long to wait for com.victronenergy.settings before serving it ourselves; None (a
+    # GX): wait as long as it takes and never serve it, logging every settings_wait_log s
+    settings_wait: float | None = 3.0
+    settings_wait_log: float = 60.0
     port_name: str = "tcp"  # /Settings/ModbusClient/<port_name>/Devices is watched
     force_devices: list[DeviceSpec] = field(default_factory=list)
     exit_on_error: bool = False  # -x: any device error ends the process (runit restarts it)

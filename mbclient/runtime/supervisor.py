@@ -130,7 +130,7 @@ class Supervisor:
         links = self._links if self._links is not None else LinkPool()
         settings = self.settings = await SettingsClient.connect(
             cfg.bus_address, wait=cfg.settings_wait, embedded_path=cfg.settings_file,
-            force_embedded=cfg.settings_file is not None,
+            force_embedded=cfg.settings_file is not None, wait_log_interval=cfg.settings_wait_log,
         )
         self.ctx = RuntimeContext(config=cfg, links=links, settings=settings, options_factory=self._options_factory)
         try:
