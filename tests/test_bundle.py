@@ -196,7 +196,8 @@ def test_install_creates_rc_local_and_refuses_bad_input(bundle: Path, tmp_path: 
     assert rc.read_text().startswith("#!/bin/sh\n") and "/data/meters/boot.sh" in rc.read_text()
     assert os.access(rc, os.X_OK)
     assert "/var/log/meters" in (root / "data" / "meters" / "service" / "log" / "run").read_text()
-    for bad in (["--name", "a b"], ["--devices", "1:x; rm -rf /"], ["--port-owner", "none"], ["--bogus"]):
+    for bad in (["--name", "a b"], ["--devices", "1:x; rm -rf /"], ["--port-owner", "none"], ["--bogus"],
+                ["--tty", "ttyUSB0; touch X"], ["--baud", "9601"], ["--metrics-port", "70000"]):
         r = subprocess.run([str(src / "install.sh"), "--root", str(root), *bad], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("install.sh: ") and len(r.stderr.splitlines()) == 1, bad
 
@@ -227,6 +228,173 @@ def test_serial_starter_mode(bundle: Path, tmp_path: Path) -> None:
     assert not (root / "data" / "conf" / "serial-starter.d" / "mbclient.conf").exists()
 
 
+def fake_svc(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A stand-in for daemontools' svc on PATH that records its calls."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    calls = tmp_path / "svc.calls"
+    calls.touch()
+    svc = bindir / "svc"
+    svc.write_text(f'#!/bin/sh\necho "svc $*" >> "{calls}"\n')
+    svc.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, calls
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
+    """Every path below root with its mode and content (or link target)."""
+    out: dict[str, tuple[int, bytes | str]] = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            out[str(p.relative_to(root))] = (st.st_mode, os.readlink(p))
+        elif p.is_file():
+            out[str(p.relative_to(root))] = (st.st_mode, p.read_bytes())
+        else:
+            out[str(p.relative_to(root))] = (st.st_mode, "")
+    return out
+
+
+def test_a_failed_install_changes_nothing(bundle: Path, tmp_path: Path) -> None:
+    """Bad options or a bad resulting configuration: one line, exit 2, and the previous
+    installation untouched and still running (the service is never stopped)."""
+    src = unpack(bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    calls = fake_serial_starter(root)
+    env, svc_calls = fake_svc(tmp_path)
+    sh(src / "install.sh", "--root", root, "--tty", "ttyUSB1", "--devices", "1:growatt_min 2:sdm230", env=env)
+    app = root / "data" / "mbclient"
+    svc_before, ss_before = svc_calls.read_text(), calls.read_text()
+    before = snapshot(root)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    for bad in (
+        ["--port-owner", "serial-starter"],  # no --adapter-match and no udev here
+        ["--tty", "ttyUSB0; touch X"],
+        ["--tty", "$(touch X)"],
+        ["--baud", "9601"],
+        ["--devices", "0:sdm230"],  # unit 0 is broadcast
+        ["--devices", "1:sdm230 `touch X`"],
+        ["--tty", "", "--devices", "1:sdm230"],  # a unit on no port
+        ["--adapter-match", "ENV{ID_PATH}=='x'"],
+        ["--metrics-port", "0"],
+        ["--stock-network", "maybe"],
+        ["--root", str(tmp_path / "nowhere")],
+    ):
+        r = subprocess.run([str(src / "install.sh"), "--root", str(root), *bad], capture_output=True,
+                           text=True, cwd=work, env=dict(os.environ, **env))
+        assert r.returncode == 2, (bad, r.stdout, r.stderr)
+        assert r.stderr.startswith("install.sh: ") and len(r.stderr.splitlines()) == 1, (bad, r.stderr)
+        assert snapshot(root) == before, bad
+        assert svc_calls.read_text() == svc_before and calls.read_text() == ss_before, bad
+        assert not (work / "X").exists() and list(work.iterdir()) == [], bad
+    # A configuration the user broke by hand is refused too, before anything changes.
+    conf = app / "mbclient.conf"
+    conf.write_text(conf.read_text().replace("BAUD=9600", "BAUD='9600; touch X'"))
+    before = snapshot(root)
+    r = subprocess.run([str(src / "install.sh"), "--root", str(root)], capture_output=True, text=True, cwd=work)
+    assert r.returncode == 2 and "bad BAUD" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert snapshot(root) == before
+
+
+def test_configuration_is_written_shell_safe(bundle: Path, tmp_path: Path) -> None:
+    """Values are written quoted: sourcing mbclient.conf (as root, at every boot) gives
+    back exactly what was given and runs nothing."""
+    src = unpack(bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    fake_serial_starter(root)
+    match = 'ENV{ID_PATH}=="platform-1c1c400.usb-usb-0:1:1.0"; ATTRS{serial}=="A B|C&D>E"'
+    sh(src / "install.sh", "--root", root, "--tty", "ttyUSB0", "--devices", "1:growatt_min 2:sdm230,tcp:10.0.0.5:502:3",
+       "--port-owner", "serial-starter", "--adapter-match", match)
+    conf = root / "data" / "mbclient" / "mbclient.conf"
+    r = subprocess.run(["sh", "-c", '. "$1"; printf "%s\n" "$TTY" "$DEVICES" "$ADAPTER_MATCH"', "sh", str(conf)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == ["ttyUSB0", "1:growatt_min 2:sdm230,tcp:10.0.0.5:502:3", match]
+    rule = (root / "etc" / "udev" / "rules.d" / "zz-mbclient.rules").read_text()
+    assert rule == f'ACTION=="add", SUBSYSTEM=="tty", {match}, ENV{{VE_SERVICE}}="mbclient"\n'
+
+
+def test_network_only_install_takes_no_port_and_hands_over_the_stock_client(bundle: Path, tmp_path: Path) -> None:
+    """No --tty: no port taken from serial-starter, no -s; the stock client's network
+    service is stopped at every boot (it would publish the same devices) and given back
+    by the uninstaller. With a serial port (auto) the stock network service is left alone."""
+    src = unpack(bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    ss_calls = fake_serial_starter(root)
+    env, svc_calls = fake_svc(tmp_path)
+    stock = root / "service" / "dbus-modbus-client"
+    stock.mkdir(parents=True)
+    (stock / "run").write_text("#!/bin/sh\nexec dbus-modbus-client.py\n")
+
+    out = sh(src / "install.sh", "--root", root, "--devices", "tcp:127.0.0.1:1502:1:sdm230", env=env).stdout
+    app = root / "data" / "mbclient"
+    assert read_conf(app / "mbclient.conf")["TTY"] == ""
+    assert not ss_calls.exists() or ss_calls.read_text() == ""  # no port taken
+    assert "No serial port" in out
+    assert (stock / "down").exists()
+    assert f"svc -d {stock}" in svc_calls.read_text().splitlines()
+    args = run_args(app, tmp_path)
+    assert "-s" not in args and args[:4] == ["-m", "mbclient", "-F", "tcp:127.0.0.1:1502:1:sdm230"], args
+
+    # after a reboot /service is fresh: boot.sh stops the stock network service again
+    (stock / "down").unlink()
+    sh(app / "boot.sh", env=env)
+    assert (stock / "down").exists()
+    n = len(svc_calls.read_text().splitlines())
+    sh(app / "boot.sh", env=env)  # idempotent
+    assert len(svc_calls.read_text().splitlines()) == n
+
+    # a serial port added later: auto gives the network back to the stock client
+    sh(src / "install.sh", "--root", root, "--tty", "ttyUSB0", env=env)
+    assert not (stock / "down").exists() and f"svc -u {stock}" in svc_calls.read_text().splitlines()
+    sh(src / "install.sh", "--root", root, "--stock-network", "stop", env=env)
+    assert (stock / "down").exists()
+
+    sh(app / "uninstall.sh", env=env)
+    assert not (stock / "down").exists()
+    assert svc_calls.read_text().splitlines()[-1] != f"svc -d {stock}"
+    assert f"svc -u {stock}" in svc_calls.read_text().splitlines()[n:]
+    assert ss_calls.read_text().splitlines()[-1] == "start-tty.sh ttyUSB0"
+
+
+def test_serial_starter_mode_takes_effect_without_a_reboot(bundle: Path, tmp_path: Path) -> None:
+    """serial-starter reads its rules once at start: the installer restarts it when they
+    change (not when they do not), and says to reboot when it cannot."""
+    src = unpack(bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    ss_calls = fake_serial_starter(root)
+    env, svc_calls = fake_svc(tmp_path)
+    starter = root / "service" / "serial-starter"
+    starter.mkdir(parents=True)
+    match = 'ENV{ID_PATH}=="platform-1c1c400.usb-usb-0:1:1.0"'
+    out = sh(src / "install.sh", "--root", root, "--tty", "ttyUSB0", "--port-owner", "serial-starter",
+             "--adapter-match", match, env=env).stdout
+    assert f"svc -t {starter}" in svc_calls.read_text().splitlines()
+    assert "restarted serial-starter" in out
+    assert ss_calls.read_text().splitlines()[-1] == "start-tty.sh ttyUSB0"  # looked at afresh
+    app = root / "data" / "mbclient"
+    n = len(svc_calls.read_text().splitlines())
+    sh(app / "boot.sh", env=env)  # a normal boot: rules unchanged, serial-starter left alone
+    assert len(svc_calls.read_text().splitlines()) == n
+
+    # back to stop-tty: our serial-starter files go, serial-starter re-reads its rules
+    sh(src / "install.sh", "--root", root, "--port-owner", "stop-tty", env=env)
+    assert not (root / "data" / "conf" / "serial-starter.d" / "mbclient.conf").exists()
+    assert svc_calls.read_text().splitlines().count(f"svc -t {starter}") == 2
+    assert os.readlink(root / "service" / "mbclient") == str(app / "service")
+    sh(app / "uninstall.sh", env=env)
+
+    # no way to restart it: the installer says a reboot is needed
+    starter.rmdir()
+    out = sh(src / "install.sh", "--root", root, "--tty", "ttyUSB0", "--port-owner", "serial-starter",
+             "--adapter-match", match, env=env).stdout
+    assert "reboot the GX" in out
+
+
 # -- the run script ----------------------------------------------------------------------------------
 
 
@@ -252,7 +420,7 @@ def test_run_script_turns_the_configuration_into_flags(bundle: Path, tmp_path: P
     assert args == [
         "-m", "mbclient", "-s", "/dev/ttyUSB0", "-r", "9600", "-m", "rtu",
         "-F", "rtu:ttyUSB0:9600:1:growatt_min,rtu:ttyUSB0:9600:2,tcp:10.0.0.5:502:3",
-        "--metrics-port", "9480", f"PYTHONPATH={app}/lib",
+        "--metrics-port", "9480", "--gx", f"PYTHONPATH={app}/lib",
     ]
     # serial-starter mode: the template passes the port it was started for
     args = run_args(app, tmp_path, env={"MBCLIENT_PORT": "ttyUSB3"})

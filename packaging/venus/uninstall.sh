@@ -1,7 +1,7 @@
 #!/bin/sh
 # Remove mbclient from a GX device: stops the service, removes the /service link, the
-# /data/rc.local lines and the serial-starter integration, and gives the serial port back
-# to serial-starter. mbclient.conf (and a --settings file kept in /data/<name>) stay unless
+# /data/rc.local lines and the serial-starter integration, gives the serial port back
+# to serial-starter and the network back to the stock dbus-modbus-client. mbclient.conf (and a --settings file kept in /data/<name>) stay unless
 # --purge is given; Victron's own settings (device instances, custom names) are never touched.
 set -eu
 
@@ -38,45 +38,18 @@ case $NAME in ''|*[!A-Za-z0-9_-]*) die "bad name '$NAME'" ;; esac
 app=$ROOT/data/$NAME
 [ -d "$app" ] || die "$app does not exist: nothing to remove"
 on_device() { [ -z "$ROOT" ]; }
-ss=$ROOT/opt/victronenergy/serial-starter
 
-TTY=
-PORT_OWNER=stop-tty
-# shellcheck disable=SC1091
-[ -r "$app/mbclient.conf" ] && . "$app/mbclient.conf"
-TTY=${TTY#/dev/}
-
-# -- stop ---------------------------------------------------------------------------------------
-if [ -L "$ROOT/service/$NAME" ]; then
+# -- stop, and give back the port, the serial-starter rules and the stock network service ----
+# boot.sh knows what it set up (the same code undoes it, so nothing is forgotten).
+if [ -x "$app/boot.sh" ]; then
+    "$app/boot.sh" --remove || die "$app/boot.sh --remove failed; nothing else was removed"
+elif [ -L "$ROOT/service/$NAME" ]; then
     rm -f "$ROOT/service/$NAME"
     say "removed $ROOT/service/$NAME"
 fi
-if on_device && command -v svc >/dev/null 2>&1; then
+if command -v svc >/dev/null 2>&1 && [ -d "$app/service" ]; then
     # Removing the link does not stop supervise: tell it to stop the service and exit.
     svc -dx "$app/service" "$app/service/log" 2>/dev/null || true
-fi
-
-# -- serial-starter integration -----------------------------------------------------------------
-tpl=$ROOT/opt/victronenergy/service-templates/$NAME
-rules=$ROOT/etc/udev/rules.d/zz-$NAME.rules
-confd=$ROOT/data/conf/serial-starter.d/$NAME.conf
-if [ -e "$tpl" ] || [ -e "$rules" ] || [ -e "$confd" ]; then
-    if on_device && [ -x /opt/victronenergy/swupdate-scripts/remount-rw.sh ]; then
-        /opt/victronenergy/swupdate-scripts/remount-rw.sh >/dev/null 2>&1 || true
-    fi
-    [ -n "$TTY" ] && [ -x "$ss/stop-tty.sh" ] && "$ss/stop-tty.sh" "$TTY" || true
-    if on_device && command -v svc >/dev/null 2>&1; then
-        for s in /service/"$NAME".*; do
-            [ -d "$s" ] && svc -dx "$s" "$s/log" 2>/dev/null || true
-        done
-    fi
-    rm -rf "$tpl" "$rules" "$confd"
-    on_device && command -v udevadm >/dev/null 2>&1 && udevadm control --reload-rules || true
-    say "removed the serial-starter template, its configuration and the udev rule"
-fi
-# The port goes back to serial-starter's normal probing.
-if [ -n "$TTY" ] && [ -x "$ss/start-tty.sh" ]; then
-    "$ss/start-tty.sh" "$TTY" && say "serial-starter owns $TTY again" || true
 fi
 
 # -- /data/rc.local -----------------------------------------------------------------------------
@@ -100,6 +73,6 @@ if [ "$PURGE" = 1 ]; then
     say "deleted $app and its logs"
 else
     rm -rf "$app/lib" "$app/service" "$app/serial-starter" "$app/boot.sh" "$app/VERSION" \
-        "$app/README.md" "$app/mbclient.conf.example" "$app/uninstall.sh"
+        "$app/README.md" "$app/mbclient.conf.example" "$app/uninstall.sh" "$app/stock-network.stopped"
     say "kept $app (configuration); delete it with: rm -r $app"
 fi
