@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of device specs to run in addition to the saved list (repeatable)")
     p.add_argument("-x", "--exit", action="store_true", help="exit on any device error (runit restarts)")
     p.add_argument("-d", "--debug", action="store_true", help="debug logging")
-    p.add_argument("--models", action="store_true", help="list supported device models and exit")
+    p.add_argument("--models", action="store_true", help="list supported device models (and their files) and exit")
+    p.add_argument("--devices", action="append", metavar="DIR",
+                   help="read device definition files from DIR (repeatable; default /data/mbclient/devices on a "
+                        "GX, else ~/.config/mbclient/devices)")
+    p.add_argument("--check-device", nargs="+", metavar=("FILE", "SPEC"),
+                   help="validate a device definition file; with a spec, read the device once and print every "
+                        "path with its raw registers and decoded value")
     p.add_argument("-P", "--probe", action="append", metavar="SPEC",
                    help="identify a device, print its information and exit (repeatable)")
     p.add_argument("--dbus", metavar="ADDRESS", help="D-Bus address (default: session bus if "
@@ -185,11 +191,11 @@ def print_models(out=sys.stdout) -> None:
     """The registry as a table (what ``--models`` prints)."""
     from .devices import all_models
 
-    rows = [("Model", "Manufacturer", "Product", "ProductId", "Default role", "Other roles")]
+    rows = [("Model", "Manufacturer", "Product", "ProductId", "Default role", "Other roles", "Source")]
     for m in all_models():
         others = [r for r in m.allowed_roles if r != m.default_role]
         rows.append((m.name, m.manufacturer, m.product_name, f"0x{m.product_id:04X}", m.default_role,
-                     ",".join(others) or "-"))
+                     ",".join(others) or "-", m.source or "code"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
@@ -197,10 +203,31 @@ def print_models(out=sys.stdout) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
+def _load_definitions(args: argparse.Namespace) -> None:
+    """The user's definition files (a bad one is skipped with its line in the log; a
+    directory named with --devices that does not exist is a ConfigError)."""
+    from .devices import load_user_definitions, user_dirs
+
+    load_user_definitions(user_dirs(args.devices or ()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.check_device:
+            if len(args.check_device) > 2:
+                raise ConfigError("--check-device takes a file and at most one spec")
+            spec = parse_spec(args.check_device[1]) if len(args.check_device) == 2 else None
+            if spec is not None and spec.is_serial:
+                _check_port_exists(spec.device_path)
+            setup_logging(args.debug, quiet=True)
+            _load_definitions(args)
+            from .runtime.check import run_check
+
+            return run_check(args.check_device[0], spec)
+        setup_logging(args.debug, quiet=bool(args.models or args.probe))
+        _load_definitions(args)
         if args.models:
             print_models()
             return EXIT_OK
