@@ -108,12 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_known_model(spec: DeviceSpec) -> None:
     if spec.model is None:
         return
-    from .devices import get_model  # late: --help and spec errors must not need the drivers
+    from .devices import check_index, get_model  # late: --help and spec errors must not need the drivers
 
     try:
-        get_model(spec.model)
+        model = get_model(spec.model)
     except (KeyError, LookupError, ConfigError):
         raise ConfigError(f"unknown model {spec.model!r} in {spec} (see --models)") from None
+    check_index(model, spec.index)
 
 
 def _serial_path(name: str) -> str:

@@ -4,6 +4,12 @@
 ``udp:<host>:<port>:<unit>``, ``rtuovertcp:<host>:<port>:<unit>`` (RTU frames through a
 TCP serial gateway), each with an optional trailing ``:<model>``. ``<tty>`` is a name under
 /dev or an absolute path. IPv6 hosts go in brackets: ``tcp:[::1]:502:1``.
+
+Several devices behind one unit address (a SunSpec model chain holding an inverter and a
+meter, or several inverters behind a data manager) are told apart by a device index after
+the model: ``tcp:192.168.1.5:502:1:sunspec@2`` is the second device of that unit's chain.
+Without an index a spec means the first device; only models that describe several devices
+per unit accept one (``Model.max_devices``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ STANDARD_BAUDS = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 23
 _SPEC_RE = re.compile(r"^(?P<method>[a-z]+):(?P<target>\[[^\]]+\]|[^:]+):(?P<rest>.*)$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-_]+$|^\[[0-9A-Fa-f:.]+\]$")
 _MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_INDEX_RE = re.compile(r"^(?P<model>[^@]*)@(?P<index>[0-9]{1,2})$")
+MAX_INDEX = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,7 @@ class DeviceSpec:
     rate: int  # baud for serial methods, port for network methods
     unit: int
     model: str | None = None
+    index: int = 1  # which device behind this unit address (1: the first or only one)
 
     @property
     def is_serial(self) -> bool:
@@ -56,7 +65,8 @@ class DeviceSpec:
 
     def __str__(self) -> str:
         base = f"{self.method}:{self.target}:{self.rate}:{self.unit}"
-        return f"{base}:{self.model}" if self.model else base
+        model = f"{self.model}@{self.index}" if self.index > 1 else self.model
+        return f"{base}:{model}" if model else base
 
 
 def parse_spec(text: str) -> DeviceSpec:
@@ -102,9 +112,17 @@ def parse_spec(text: str) -> DeviceSpec:
     lo = 1 if method in SERIAL_METHODS else 0
     if not lo <= unit <= 247:
         raise ConfigError(f"bad device spec {text!r}: unit {unit} outside {lo}..247")
+    index = 1
+    if model is not None and "@" in model:
+        m_index = _INDEX_RE.match(model)
+        if not m_index or not 1 <= int(m_index["index"]) <= MAX_INDEX:
+            raise ConfigError(f"bad device spec {text!r}: device index after '@' must be 1..{MAX_INDEX}")
+        model, index = m_index["model"], int(m_index["index"])
+        if not model:
+            raise ConfigError(f"bad device spec {text!r}: a device index needs the model before '@'")
     if model is not None and not _MODEL_RE.match(model):
         raise ConfigError(f"bad device spec {text!r}: bad model name {model!r}")
-    return DeviceSpec(method, target, rate, unit, model)
+    return DeviceSpec(method, target, rate, unit, model, index)
 
 
 def parse_specs(text: str) -> list[DeviceSpec]:

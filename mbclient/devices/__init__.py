@@ -122,6 +122,15 @@ def get_model(name: str) -> Model:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})") from None
 
 
+def check_index(model: Model, index: int) -> Model:
+    """A spec's device index (``<model>@<n>``) must fit what one unit of ``model`` holds."""
+    if index > model.max_devices:
+        if model.max_devices == 1:
+            raise ConfigError(f"model {model.name} is one device per unit address; drop '@{index}'")
+        raise ConfigError(f"model {model.name} holds at most {model.max_devices} devices per unit address")
+    return model
+
+
 def all_models() -> list[Model]:
     return sorted(_MODELS.values(), key=lambda m: m.name)
 
@@ -156,7 +165,7 @@ async def identify(client: UnitClient, *, timeout: float = 1.0) -> Model:
 
 
 # Importing the family modules registers their code; then the files (keep this at the bottom).
-from . import eastron, growatt, victron_em  # noqa: E402,F401
+from . import eastron, growatt, sunspec, victron_em  # noqa: E402,F401
 from .definition import Family, families_in, load_family  # noqa: E402
 
 _load_builtin()
@@ -173,6 +182,7 @@ __all__ = [
     "family",
     "load_user_definitions",
     "user_dirs",
+    "check_index",
     "get_model",
     "identify",
     "register_detector",

@@ -111,6 +111,7 @@ class DeviceOptions:
     turnaround: float = DEFAULT_TURNAROUND
     min_timeout: float | None = None  # None: the model's
     initial_timeout: float | None = None  # before any latency was measured; None: the model's
+    index: int = 1  # which device behind the unit address (spec ``<model>@<n>``; SunSpec chains)
 
 
 # --- variants and quirks ---------------------------------------------------------------------------
@@ -176,6 +177,11 @@ class Model:
     variants: tuple[Variant, ...] = ()
     quirks: Mapping[str, float] = field(default_factory=dict)
     source: str = ""  # definition file the model was loaded from ("" for a model built in code)
+    #: Devices one unit address can hold (spec ``<model>@<n>``): SunSpec chains hold several.
+    max_devices: int = 1
+    #: The name a spec uses for a family whose driver resolves the concrete model at
+    #: identification (``sunspec`` -> ``sunspec_inverter``/``sunspec_meter``); "" otherwise.
+    family: str = ""
 
     def __post_init__(self) -> None:
         if self.default_role not in self.allowed_roles:

@@ -26,6 +26,7 @@ starts over.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -164,7 +165,20 @@ class DeviceTask:
             raise
         finally:
             with anyio.CancelScope(shield=True):
+                await self._release()
                 await self._unpublish()
+
+    async def _release(self) -> None:
+        """On stop, a driver that limits its inverter through a self-reverting limit gives
+        the full power back (``driver.release()``), bounded in time; errors are logged."""
+        release = getattr(self.driver, "release", None)
+        if release is None or self.state is not DeviceState.ONLINE:
+            return
+        with anyio.move_on_after(2.0):
+            try:
+                await release()
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                self.log.warning("could not release the power limit on stop: %s", reason(exc))
 
     def _forget_identity(self) -> None:
         self.model = self.driver = self.known = self.store = self.health = self.dyngen = None
@@ -201,12 +215,15 @@ class DeviceTask:
         if self._skip_memory:
             return None
         known = identity_from_settings(self.spec, self._memory)
-        if known is None or (self.spec.model and self.spec.model != known.model):
+        if known is None:
             return None
         try:
-            return devices.get_model(known.model), known
+            model = devices.get_model(known.model)
         except ConfigError:  # a model removed since: forget it
             return None
+        if self.spec.model and self.spec.model not in (model.name, model.family):
+            return None
+        return model, known
 
     async def _remember(self) -> None:
         """Store model and identity for the next start (only what changed)."""
@@ -221,7 +238,10 @@ class DeviceTask:
     def _create_driver(self) -> None:
         assert self.model is not None and self.client is not None
         self.store = ItemStore()
-        self.driver = self.model.create(self.client, self.store, self.ctx.options(self.spec))
+        options = self.ctx.options(self.spec)
+        if self.spec.index != options.index:
+            options = dataclasses.replace(options, index=self.spec.index)
+        self.driver = self.model.create(self.client, self.store, options)
 
     @property
     def probe_timeout(self) -> float:
@@ -262,6 +282,9 @@ class DeviceTask:
                     self.model = await devices.identify(self.client, timeout=self.cfg.identify_timeout)
                 self._create_driver()
                 identity = await self.driver.read_identity()
+                # A model family that describes what it found (a SunSpec chain's inverter or
+                # meter) hands back the model it resolved to.
+                self.model = self.driver.model
                 self.known = KnownIdentity.from_driver(self.model.name, identity)
                 self.backoff.reset()
                 self.last_ok = time.monotonic()

@@ -43,11 +43,13 @@ def spec_key(spec: DeviceSpec) -> str:
     Serial: the port is the parent element, so method and unit suffice (``rtu_1``); the
     baud rate is left out on purpose, a device keeps its identity when the line speed is
     changed. Network: host, port and unit (``tcp_192_168_1_5_502_1``). The model suffix
-    of a spec is never part of it: naming the model does not make it another device.
+    of a spec is never part of it: naming the model does not make it another device. A
+    device index (``...:sunspec@2``, the second device behind that unit) is: ``_d2``.
     """
+    sub = f"_d{spec.index}" if spec.index > 1 else ""
     if spec.is_serial:
-        return setting_element(f"{spec.method}_{spec.unit}")
-    return setting_element(f"{spec.method}_{spec.target}_{spec.rate}_{spec.unit}")
+        return setting_element(f"{spec.method}_{spec.unit}{sub}")
+    return setting_element(f"{spec.method}_{spec.target}_{spec.rate}_{spec.unit}{sub}")
 
 
 def known_base(spec: DeviceSpec) -> str:

@@ -27,8 +27,9 @@ async def probe_one(spec: DeviceSpec, links: Any, timeout: float = 1.0) -> list[
 
     client = UnitClient(links.get(spec), spec.unit)
     model = devices.get_model(spec.model) if spec.model else await devices.identify(client, timeout=timeout)
-    driver = model.create(client, ItemStore(), devices.DeviceOptions())
+    driver = model.create(client, ItemStore(), devices.DeviceOptions(index=spec.index))
     identity = await driver.read_identity()
+    model = driver.model  # a family (SunSpec) resolves to the model it found
     rows = [
         ("model", model.name),
         ("manufacturer", str(getattr(model, "manufacturer", ""))),

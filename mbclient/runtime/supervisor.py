@@ -62,7 +62,7 @@ def parse_device_list(text: Any) -> tuple[list[DeviceSpec], list[str]]:
         try:
             spec = parse_spec(item)
             if spec.model:
-                devices.get_model(spec.model)
+                devices.check_index(devices.get_model(spec.model), spec.index)
             specs.append(spec)
         except ConfigError as exc:
             problems.append(str(exc))
@@ -70,8 +70,8 @@ def parse_device_list(text: Any) -> tuple[list[DeviceSpec], list[str]]:
 
 
 def unit_key(spec: DeviceSpec) -> tuple[Any, ...]:
-    """One task per physical unit: same link and address means same device."""
-    return (*spec.link_key, spec.unit)
+    """One task per device: same link, address and device index means same device."""
+    return (*spec.link_key, spec.unit, spec.index)
 
 
 def merge_specs(*lists: Iterable[DeviceSpec]) -> dict[tuple[Any, ...], DeviceSpec]:
