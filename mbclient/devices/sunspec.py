@@ -764,7 +764,8 @@ class SunSpecDriver(Driver):
         layout = DEFS.layouts[lm.id]
         first = min(p.offset for p in layout.points.values())
         last = max(p.offset + p.words for p in layout.points.values())
-        regs = await self.client.read_holding(lm.address + first, last - first, timeout=self.timeout, priority=True)
+        regs = await self.client.read(int(HOLDING), lm.address + first, last - first, timeout=self.timeout,
+                                      priority=True)
         decoded: dict[Register, Value] = {}
         for reg in self.model.registers:
             if lm.address + first <= reg.address and reg.end <= lm.address + last:

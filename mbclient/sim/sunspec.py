@@ -231,6 +231,9 @@ class SunSpecUnit(SimUnit):
         self.voltage = 230.0
         self.frequency = 50.0
         self.null_frame: str | None = None  # "zeros" / "ones": Fronius placeholder frames
+        self.load_w = 0.0  # a meter's site: consumption ...
+        self.feeds: list[SunSpecUnit] | None = None  # ... and the inverters behind it
+        self.export_positive = False  # SolarEdge meters
         self._limit_written_at: dict[int, float] = {}
         self.clock = time.monotonic
 
@@ -376,9 +379,19 @@ class SunSpecUnit(SimUnit):
         return max(0.0, min(self.available_w, cap))
 
     def update(self) -> None:
-        """Recompute the inverter's AC values from ``available_w`` and the limit."""
+        """Recompute the inverter's AC values from ``available_w`` and the limit, and a
+        meter's from the site (``load_w`` minus what ``feeds`` produce)."""
+        if not getattr(self, "_physics", False):
+            return
+        meter = next((m for m in self.models if 201 <= m.id <= 214), None)
+        if meter is not None and self.feeds is not None:
+            grid = self.load_w - sum(f.output_w() for f in self.feeds)
+            sign = -1 if self.export_positive else 1
+            self.set(meter, "W", sign * round(grid))
+            for ph in "ABC":
+                self.set(meter, f"Wph{ph}", sign * round(grid / 3))
         inv = self.inverter_model()
-        if inv is None or not getattr(self, "_physics", False):
+        if inv is None:
             return
         w = round(self.output_w())
         phases = self.inverter_phases()
@@ -570,8 +583,25 @@ def solaredge_like(address: int = 1, *, serial: str = "7E123456", meter_serial: 
     for sf, e in (("A_SF", -2), ("V_SF", -1), ("Hz_SF", -2), ("W_SF", 0), ("TotWh_SF", 0)):
         u.set_sf(meter, sf, e)
     fronius_meter_values(u, meter, sign=-1)
+    u.export_positive = True
+    return u
+
+
+def smart_meter(address: int = 240, *, serial: str = "MTR0001", feeds: list[SunSpecUnit] | None = None,
+                load_w: float = 0.0) -> SunSpecUnit:
+    """A stand-alone SunSpec grid meter (Fronius Smart Meter behind a data manager: its own
+    unit, model 1 and 203). With ``feeds`` its power is ``load_w`` minus their output."""
+    u = SunSpecUnit(address, [1, 203], name="SunSpec smart meter")
+    u.common(mn="Fronius", md="Smart Meter TS 65A-3", sn=serial)
+    meter = u.model(203)
+    for sf, e in (("A_SF", -2), ("V_SF", -1), ("Hz_SF", -2), ("W_SF", 0), ("TotWh_SF", 0)):
+        u.set_sf(meter, sf, e)
+    fronius_meter_values(u, meter)
+    u.feeds, u.load_w = feeds, load_w
+    if feeds is not None:
+        u.start_physics()
     return u
 
 
 __all__ = ["GRID_A", "GRID_EXPORT_WH", "GRID_IMPORT_WH", "GRID_V", "GRID_W", "MODELS", "SunSpecUnit", "der_device",
-           "float_device", "fronius_like", "layout", "model_length", "sma_like", "solaredge_like"]
+           "float_device", "fronius_like", "layout", "model_length", "sma_like", "smart_meter", "solaredge_like"]
