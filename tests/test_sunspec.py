@@ -3,7 +3,7 @@
 The simulated devices (``mbclient.sim.sunspec``) are laid out from the SunSpec model
 definitions (point order and sizes) and the vendors' documents; the expected values below
 are the simulator's truth (what it was told to hold, in physical units), never read from
-``mbclient/devices/sunspec.toml``.
+``mbclient/devices/sunspec_models/points.toml``.
 """
 
 from __future__ import annotations
