@@ -83,7 +83,7 @@ FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "driver", "default_
 MODEL_KEYS = {"name", "product", "product_id", "phases", "registers", "match", "match_range", "match_prefix",
               "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver"}
 IDENTIFY_KEYS = {"table", "at", "type", "count", "order", "require", "fallback"}
-REQUIRE_KEYS = {"table", "at", "type", "count", "min", "max", "equals"}
+REQUIRE_KEYS = {"table", "at", "type", "count", "min", "max", "equals", "one_of"}
 VARIANT_KEYS = {"when", "add", "drop", "phases"}
 RULE_KEYS = {"max_count", "align", "window", "barriers", "holes"}
 
@@ -158,6 +158,7 @@ class Requirement:
     min: float | None = None
     max: float | None = None
     equals: Value = None
+    one_of: tuple[Value, ...] | None = None
 
     def satisfied(self, regs: list[int]) -> bool:
         if self.type is None:
@@ -166,6 +167,8 @@ class Requirement:
         if isinstance(value, str):
             value = value.strip()
         if self.equals is not None and value != self.equals:
+            return False
+        if self.one_of is not None and value not in self.one_of:
             return False
         if isinstance(value, (int, float)):
             if value != value:  # NaN
@@ -485,7 +488,7 @@ class _Loader:
                 raise self.fail(k, f"also: {p!r} is not a D-Bus path", *needles)
         try:
             return Register(
-                name, address, dtype, table, scale=float(scale) if scale != 1 else 1, unit=str(row.get("unit", "")),
+                name, address, dtype, table, scale=scale, unit=str(row.get("unit", "")),
                 precision=row.get("precision"), refresh=REFRESH[refresh], invalid=tuple(invalid), values=values,
                 text=texts, bits=bits, write=write, kind=KINDS.get(kind) if kind else None, also=tuple(also),
                 cumulative=bool(row.get("cumulative", False)), asleep=row.get("asleep"),
@@ -714,6 +717,13 @@ class _Loader:
                     raise self.fail(rk, str(exc), "require") from None
             req.count = int(r.get("count", req.type.words if req.type else 1))
             req.min, req.max, req.equals = r.get("min"), r.get("max"), r.get("equals")
+            if "one_of" in r:
+                if not isinstance(r["one_of"], list):
+                    raise self.fail(rk, "one_of must be a list of values", "require")
+                req.one_of = tuple(r["one_of"])
+            if req.type is None and (req.min is not None or req.max is not None or req.equals is not None
+                                     or req.one_of is not None):
+                raise self.fail(rk, "a value check needs the register's type", "require")
             fam.require.append(req)
         if "at" in d:
             fam.id_table = self._table(d.get("table", self.default_table.name.lower()), "identify.table",

@@ -1,7 +1,7 @@
-"""Growatt MIN TL-X single-phase PV inverter, published as ``com.victronenergy.pvinverter``.
+"""Growatt MIN TL-X single-phase PV inverter: the code beside ``growatt.toml``.
 
 Register facts: registers.md section 1 (legacy input block 0-124, holding 0-124, 209-223,
-3000). What is special here, beyond the table:
+3000); the table and the identification are in the file. What is special here:
 
 * ``/Ac/MaxPower`` is a number in W: the ``max_power`` option, else holding 6-7 (0.1 VA).
 * ``/Ac/PowerLimit`` is owned by a ``PowerLimiter`` writing holding 3 (active power rate,
@@ -21,109 +21,16 @@ from typing import TYPE_CHECKING
 
 from ..control.limiter import PowerLimiter
 from ..errors import ModbusError, ModbusExceptionResponse
-from ..registers import (
-    FAST,
-    HOLDING,
-    INPUT,
-    NORMAL,
-    ONCE,
-    S16,
-    SLOW,
-    U16,
-    U32,
-    BlockRules,
-    Register,
-    Value,
-    text,
-)
-from . import register_detector, register_model
-from .base import Driver, Identity, Model
+from ..registers import Register, Value
+from .base import Driver, Identity
+from .definition import register_driver
 
 if TYPE_CHECKING:
     from ..transports.base import UnitClient
+    from .base import Model
 
-PRODUCT_GROWATT_MIN = 0xFE10  # mbclient's own range, see eastron.py
-
-#: Keep each read inside one 125-register range and at most 100 registers (v1.20-era
-#: firmware limit reported by the Home Assistant integration).
-RULES = BlockRules(max_count=100, window=125)
-
-#: Growatt run state (input 0) -> Victron /StatusCode: 0 waiting -> 8 standby,
-#: 1 normal -> 7 running, 3 fault -> 10 error; anything else is left invalid.
-STATUS_MAP = {0: 8, 1: 7, 3: 10}
-STATUS_TEXT = {7: "Running", 8: "Standby", 10: "Error"}
-#: Derating mode, legacy input 104 (registers.md 1.4; 2 and 8 have no documented name).
-DERATE_TEXT = {0: "None", 1: "PV", 3: "Vac", 4: "Fac", 5: "Tboost", 6: "Tinv", 7: "Control",
-               9: "Over-back-by-time"}
 NO_LIMIT = 255
 MAX_TRACKERS = 8
-
-
-def _in(address: int, name: str, type_=U16, scale: float = 10, unit: str = "", precision: int = 1,
-        refresh=NORMAL, **kw) -> Register:  # noqa: ANN001
-    return Register(name, address, type_, INPUT, scale=scale, unit=unit, precision=precision, refresh=refresh, **kw)
-
-
-def pv_string(n: int) -> list[Register]:
-    """String ``n`` (0-based): V, I, P (input 3+4n ...) and energies (59+4n ...)."""
-    b, e = 3 + 4 * n, 59 + 4 * n
-    p = f"/Internal/Pv/{n}"
-    return [
-        _in(b, f"{p}/V", unit="V", asleep=0.0),
-        _in(b + 1, f"{p}/I", unit="A", asleep=0.0),
-        _in(b + 2, f"{p}/P", U32, unit="W", asleep=0.0),
-        _in(e, f"{p}/Energy/Today", U32, unit="kWh", refresh=SLOW, cumulative=True),
-        _in(e + 2, f"{p}/Energy/Total", U32, unit="kWh", refresh=SLOW, cumulative=True),
-    ]
-
-
-REGISTERS: tuple[Register, ...] = (
-    # -- live AC values (input 35-39), what ESS and the controller close their loops on
-    _in(35, "/Ac/Power", U32, unit="W", refresh=FAST, also=("/Ac/L1/Power",), asleep=0.0),
-    _in(37, "/Ac/Frequency", scale=100, unit="Hz", precision=2, refresh=FAST),
-    _in(38, "/Ac/L1/Voltage", unit="V", refresh=FAST),
-    _in(39, "/Ac/L1/Current", unit="A", refresh=FAST, asleep=0.0),
-    # -- state
-    Register("/StatusCode", 0, U16, INPUT, values=STATUS_MAP, text=STATUS_TEXT, refresh=NORMAL, asleep=8),
-    _in(104, "/Internal/DerateMode", scale=1, precision=0, text=DERATE_TEXT),
-    _in(105, "/ErrorCode", scale=1, precision=0),
-    # -- applied limit read-back: percent (101) and watts (102-103)
-    _in(101, "limit_percent", scale=1),
-    _in(102, "limit_watts", U32, unit="W"),
-    # -- energy (lifetime 55-56, NOT today's 53-54)
-    _in(55, "/Ac/Energy/Forward", U32, unit="kWh", refresh=SLOW, cumulative=True, also=("/Ac/L1/Energy/Forward",)),
-    # -- temperatures (the fork's paths); signed so a frosty morning is not 6553 degC
-    _in(93, "/Internal/InverterTemp", S16, unit="°C", refresh=SLOW),
-    _in(94, "/Internal/IPMTemp", S16, unit="°C", refresh=SLOW),
-    _in(95, "/Internal/BoostTemp", S16, unit="°C", refresh=SLOW),
-    # -- holding read-backs (the fork's paths): the rate register and the G100 settings
-    Register("/Internal/activePowerRate", 3, U16, HOLDING, refresh=SLOW, text={NO_LIMIT: "no limit"}),
-    Register("/Internal/g100FailSafe", 42, U16, HOLDING, refresh=SLOW),
-    Register("/Internal/exportLimitType", 122, U16, HOLDING, refresh=SLOW,
-             text={0: "Disabled", 1: "RS485 meter", 2: "RS232 meter", 3: "CT"}),
-    Register("/Internal/ExportLimitPowerRate", 123, S16, HOLDING, scale=10, unit="%", precision=1, refresh=SLOW),
-    Register("/Internal/g100FailSafePowerRate", 3000, U16, HOLDING, scale=10, unit="%", precision=1,
-             refresh=SLOW, optional=True),
-    # -- rating, once per connection (the driver publishes /Ac/MaxPower from it or the option)
-    Register("pmax", 6, U32, HOLDING, scale=10, refresh=ONCE),
-    *(r for n in range(MAX_TRACKERS) for r in pv_string(n)),
-)
-
-IDENTITY: tuple[Register, ...] = (
-    Register("persist", 2, U16, HOLDING),
-    Register("pmax", 6, U32, HOLDING, scale=10),
-    Register("fw", 9, text(3), HOLDING),
-    Register("control_fw", 12, text(3), HOLDING),
-    Register("serial_old", 23, text(5), HOLDING),
-    Register("dtc", 43, U16, HOLDING),
-    Register("trackers_phases", 44, U16, HOLDING),
-    Register("serial_new", 209, text(15), HOLDING, optional=True),
-)
-
-#: Device type codes at holding 43 known to be Growatt PV inverters (registers.md 1.6):
-#: the newer families, and the older table's high bytes (low byte 0).
-NEW_FAMILIES = frozenset({5100, 5200, 5400})
-OLD_FAMILIES = frozenset({0x01, 0x02, 0x07, 0x08})  # 1/2-MPPT single/three-phase TL
 
 
 class GrowattDriver(Driver):
@@ -250,41 +157,13 @@ def _s16(raw: int) -> int:
     return raw - 0x10000 if raw & 0x8000 else raw
 
 
-GROWATT_MIN = register_model(Model(
-    name="growatt_min",
-    product_name="Growatt MIN TL-X",
-    product_id=PRODUCT_GROWATT_MIN,
-    vendor="growatt",
-    manufacturer="Growatt",
-    registers=REGISTERS,
-    default_role="pvinverter",
-    allowed_roles=("pvinverter",),
-    device_instance=20,
-    phases=1,
-    rules=RULES,
-    identity=IDENTITY,
-    detect="device type code at holding 43 (5100/5200/5400 or an older TL family) with 1-8 trackers, 1 phase at 44",
-    driver=GrowattDriver,
-    min_timeout=0.5,
-    initial_timeout=1.0,
-    is_meter=False,
-))
-
-
-def plausible_dtc(dtc: int) -> bool:
-    return dtc in NEW_FAMILIES or (dtc & 0xFF == 0 and dtc >> 8 in OLD_FAMILIES)
-
-
 async def detect(client: UnitClient, timeout: float) -> Model | None:
-    """Holding 43 (device type code) and 44 (trackers << 8 | phases) must both look like a
-    single-phase Growatt PV inverter; Eastron meters answer exception 2 here."""
-    dtc, tp = await client.read_holding(43, 2, timeout=timeout)
-    trackers, phases = tp >> 8, tp & 0xFF
-    if plausible_dtc(dtc) and 1 <= trackers <= MAX_TRACKERS and phases == 1:
-        return GROWATT_MIN
-    return None
+    """The Growatt family's detector (growatt.toml's identification)."""
+    from . import family
+
+    return await family("growatt").detect(client, timeout)
 
 
-register_detector("growatt", detect, order=20)
+register_driver("growatt", GrowattDriver)
 
-__all__ = ["GROWATT_MIN", "GrowattDriver", "STATUS_MAP", "detect"]
+__all__ = ["GrowattDriver", "detect"]
