@@ -176,6 +176,9 @@ class Model:
     variant_rows: frozenset[str] = frozenset()
     variants: tuple[Variant, ...] = ()
     quirks: Mapping[str, float] = field(default_factory=dict)
+    #: Register sets of the definition file by name -> the row names in them (code that
+    #: picks rows by what the unit says, e.g. by firmware version, names sets).
+    sets: Mapping[str, frozenset[str]] = field(default_factory=dict)
     source: str = ""  # definition file the model was loaded from ("" for a model built in code)
     #: Devices one unit address can hold (spec ``<model>@<n>``): SunSpec chains hold several.
     max_devices: int = 1
@@ -248,7 +251,7 @@ class Driver:
                 self._by_input.setdefault(name, []).append(d)
         #: Rows this unit lacks (its variant); registers() and derived() leave them out.
         self._excluded: frozenset[str] = model.variant_rows
-        self.phases = model.phases
+        self.nr_of_phases = model.phases
         self._last_request_end = 0.0
         self._scaled_by: dict[str, list[Register]] = {}
         self._raw: dict[str, Value] = {}  # unscaled values of scale_ref registers
@@ -280,8 +283,8 @@ class Driver:
                 excluded = (model.variant_rows - v.add) | v.drop
                 phases = v.phases or phases
                 break
-        if excluded != self._excluded or phases != self.phases:
-            self._excluded, self.phases = excluded, phases
+        if excluded != self._excluded or phases != self.nr_of_phases:
+            self._excluded, self.nr_of_phases = excluded, phases
             if self._items_added:
                 for d in model.derived:
                     if d.name in excluded and d.name in self.store:
@@ -355,7 +358,7 @@ class Driver:
             self.store.add(d.name, self.values.get(d.name), unit=d.unit, precision=d.precision, kind=d.kind,
                            formatter=d.formatter())
         if self.model.is_meter:
-            self.store.add("/NrOfPhases", self.phases, kind=int)
+            self.store.add("/NrOfPhases", self.nr_of_phases, kind=int)
             if self.role != "grid":
                 # Energy meters in another role are "generic energy meters" (upstream,
                 # dbus-cgwacs, dbus-shelly): they measure but cannot limit.

@@ -569,13 +569,17 @@ class _Loader:
         variants_doc = self._get(m, "variant", list, key, [], *needles)
         rows: dict[str, Register | Derived] = {}
         base_names: set[str] = set()
+        used_sets: dict[str, frozenset[str]] = {}
 
         def take(set_name: Any, where: str) -> list[str]:
             if set_name not in sets:
                 raise self.fail(where, f"no register set {set_name!r} (sets: {', '.join(sets) or 'none'})", *needles,
                                 f'"{set_name}"')
             for row in sets[set_name]:
-                rows.setdefault(row.name, row)
+                if rows.setdefault(row.name, row) is not row:
+                    raise self.fail(where, f"{row.name} is in register set {set_name!r} and in another set of this "
+                                           "model", *needles, f'"{set_name}"')
+            used_sets[set_name] = frozenset(row.name for row in sets[set_name])
             return [row.name for row in sets[set_name]]
 
         for s in set_names:
@@ -619,7 +623,7 @@ class _Loader:
                 name=name, product_name=product, product_id=pid, registers=registers, derived=derived,
                 phases=phases, rules=rules, driver=driver,
                 detect=str(m.get("detect", "")) or self._detect_text(m), variant_rows=frozenset(added),
-                variants=tuple(variants), **model_common,
+                variants=tuple(variants), sets=used_sets, **model_common,
             )
         except ValueError as exc:
             raise self.fail(key, str(exc), *needles) from None

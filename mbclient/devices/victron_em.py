@@ -2,8 +2,9 @@
 
 Register facts: Victron's published dbus-modbus-client (``victron_em.py``, read at v1.83),
 the only public source found for this map; a register list document from Victron was not
-found in the reference corpus, so every row below is "[src]" from that code, none checked
-against a meter. All registers are holding registers; 32-bit values are big-endian words.
+found in the reference corpus, so every row of ``victron_em.toml`` is "[src]" from that
+code, none checked against a meter. All registers are holding registers; 32-bit values are
+big-endian words.
 
 Identity: product id at 0x1000 (0xA1B1 VM-3P75CT, 0xA1B2 VM-3P5A), serial 0x1001 (8
 registers of text), firmware 0x1009-0x100A (4 bytes: -, major, minor, beta; beta 0xFF means
@@ -13,8 +14,9 @@ phase L1/L2/L3, 3: three phases, 4: L1+L2) and the role the meter was configured
 current and line-to-line voltage from v1.07, power factors, phase sequence, alarms and the
 N2K instance from v1.09.
 
-What is special here:
+What is special here (the tables are in ``victron_em.toml``):
 
+* Which register sets a meter has: by firmware version and by the phases it measures.
 * VregLink at 0x4000 with 32 data registers (``self.vreglink``): the D-Bus layer exports
   ``com.victronenergy.VregLink`` on ``/Devices/0/VregLink`` for VictronConnect.
 * The name lives in the meter (0x2002, 32 registers UTF-8) and is written with VREG
@@ -26,48 +28,30 @@ What is special here:
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ModbusError
 from ..items import ItemStore
-from ..registers import (
-    FAST,
-    HOLDING,
-    NORMAL,
-    ONCE,
-    S16,
-    S32,
-    SLOW,
-    U16,
-    U32,
-    DataType,
-    Register,
-    Value,
-    text,
-)
+from ..registers import Register, Value
 from ..vreglink import VregLink, VregStatus, add_vreglink_items, mirror_vreglink_items
-from . import register_detector, register_model
-from .base import METER_ROLES, Driver, Identity, Model
+from .base import Driver, Identity
+from .definition import register_driver
 
 if TYPE_CHECKING:
     from ..transports.base import UnitClient
-
-PRODUCT_VM_3P75CT = 0xA1B1
-PRODUCT_VM_3P5A = 0xA1B2
+    from .base import Model
 
 VREGLINK_BASE = 0x4000
 VREGLINK_SIZE = 32
 VREG_DESCRIPTION = 0x010C  # the custom name, UTF-8
 VREG_N2K_INSTANCE = 0x0112  # one byte
+NAME_BYTES = 64  # custom_name: 32 registers of UTF-8
 
 #: Register 0x2001 -> role, in upstream's order (6 and 7 are acload variants).
 METER_ROLE_CODES = ("grid", "pvinverter", "genset", "acload", "evcharger", "heatpump", "acload", "acload")
 #: Register 0x2000 -> phases measured.
 PHASE_CONFIGS: Mapping[int, tuple[int, ...]] = {0: (1,), 1: (2,), 2: (3,), 3: (1, 2, 3), 4: (1, 2)}
-PHASE_SEQUENCE_TEXT = {0: "L1-L2-L3", 1: "L1-L3-L2"}
 
 Firmware = tuple[int, int, int, int]
 FW_DATA = (0, 1, 3, 1)  # measurements exist
@@ -76,111 +60,24 @@ FW_PF = (0, 1, 9, 0)  # power factors, phase sequence, alarms, N2K instance, cap
 NEWEST: Firmware = (0, 0xFF, 0xFF, 0xFF)  # firmware unknown (published from memory): all rows
 
 
-@dataclass(frozen=True, slots=True)
-class Utf8Text(DataType):
-    """Text of UTF-8 bytes, MSB first, NUL padded (the meter's name)."""
-
-    def decode(self, regs: Sequence[int]) -> str:
-        raw = struct.pack(f">{len(regs)}H", *regs).rstrip(b"\0")
-        return raw.decode("utf-8", "replace").strip()
-
-    def encode(self, value: int | float | str) -> list[int]:
-        raw = str(value).encode("utf-8")[: 2 * self.words].ljust(2 * self.words, b"\0")
-        return list(struct.unpack(f">{self.words}H", raw))
-
-
-NAME_TEXT = Utf8Text("utf8text32", 32)
-NAME_BYTES = 2 * NAME_TEXT.words
-
-
 def firmware_text(raw: int) -> str:
     """0x00010903 -> 'v1.09-beta-03'; beta byte 0xFF is a release: 'v1.09'."""
     _, major, minor, beta = raw.to_bytes(4, "big")
     return f"v{major:x}.{minor:02x}" if beta == 0xFF else f"v{major:x}.{minor:02x}-beta-{beta:02x}"
 
 
-# --- the register table ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """A register plus when it exists: minimum firmware, and the phase it measures."""
-
-    register: Register
-    firmware: Firmware = FW_DATA
-    phase: int | None = None
-
-
-def _h(name: str, address: int, dtype: DataType, refresh, scale: float = 1, unit: str = "",  # noqa: ANN001
-       precision: int | None = None, **kw) -> Register:  # noqa: ANN003
-    return Register(name, address, dtype, HOLDING, scale=scale, unit=unit, precision=precision,
-                    refresh=refresh, **kw)
-
-
-def _phase_rows(n: int, current: Register) -> list[Row]:
-    base = 0x3040 + 8 * (n - 1)
-    p = f"/Ac/L{n}"
-    return [
-        Row(_h(f"{p}/Voltage", base, S16, FAST, 100, "V", 1), phase=n),
-        Row(current, phase=n),
-        Row(_h(f"{p}/Energy/Forward", base + 2, U32, SLOW, 100, "kWh", 2, invalid=(0xFFFFFFFF,), cumulative=True),
-            phase=n),
-        Row(_h(f"{p}/Energy/Reverse", base + 4, U32, SLOW, 100, "kWh", 2, invalid=(0xFFFFFFFF,), cumulative=True),
-            phase=n),
-        Row(_h(f"{p}/Power", 0x3082 + 4 * (n - 1), S32, FAST, 1, "W", 1, asleep=0.0, kind=float),
-            phase=n),
-        Row(_h(f"{p}/VoltageLineToLine", base + 6, U16, NORMAL, 100, "V", 1, invalid=(0xFFFF,)), FW_NEUTRAL, n),
-        Row(_h(f"{p}/PowerFactor", base + 7, S16, NORMAL, 1000, "", 3), FW_PF, n),
-    ]
-
-
-def _current_75ct(n: int) -> Register:
-    """VM-3P75CT: 16-bit current next to the voltage (0.01 A)."""
-    return _h(f"/Ac/L{n}/Current", 0x3041 + 8 * (n - 1), S16, FAST, 100, "A", 2, asleep=0.0)
-
-
-def _current_5a(n: int) -> Register:
-    """VM-3P5A: 32-bit current at 0x3058 + 2(n-1) (0.01 A), for its higher range."""
-    return _h(f"/Ac/L{n}/Current", 0x3058 + 2 * (n - 1), S32, FAST, 100, "A", 2, asleep=0.0)
-
-
-def _rows(current: Callable[[int], Register]) -> tuple[Row, ...]:
-    rows = [
-        Row(_h("phase_config", 0x2000, U16, SLOW), (0, 0, 0, 0)),
-        Row(_h("meter_role", 0x2001, U16, SLOW), (0, 0, 0, 0)),
-        Row(_h("custom_name", 0x2002, NAME_TEXT, SLOW), (0, 0, 0, 0)),
-        Row(_h("/Ac/Frequency", 0x3032, U16, NORMAL, 100, "Hz", 2)),
-        Row(_h("/Ac/PENVoltage", 0x3033, S16, NORMAL, 100, "V", 1)),
-        Row(_h("/Ac/Energy/Forward", 0x3034, U32, SLOW, 100, "kWh", 2, invalid=(0xFFFFFFFF,), cumulative=True)),
-        Row(_h("/Ac/Energy/Reverse", 0x3036, U32, SLOW, 100, "kWh", 2, invalid=(0xFFFFFFFF,), cumulative=True)),
-        Row(_h("/ErrorCode", 0x3038, U16, NORMAL)),
-        Row(_h("/Ac/Power", 0x3080, S32, FAST, 1, "W", 1, asleep=0.0, kind=float)),
-        # neutral current: 0.1 A, signed (upstream fixed both in 2024/25)
-        Row(_h("/Ac/N/Current", 0x3039, S16, NORMAL, 10, "A", 1), FW_NEUTRAL),
-        Row(_h("/N2kSystemInstance", 0x2023, U16, SLOW), FW_PF),
-        Row(_h("/Ac/PowerFactor", 0x303A, S16, NORMAL, 1000, "", 3), FW_PF),
-        Row(_h("/PhaseSequence", 0x303B, U16, NORMAL, invalid=(0xFF,), text=PHASE_SEQUENCE_TEXT), FW_PF),
-        # alarms, low two bits: phase rotation 1 ok -> 0, 2 -> 1, 3 -> 2 (0: unknown)
-        Row(_h("/Alarms/PhaseRotation", 0x303C, U32, NORMAL, bits=(0, 2), values={1: 0, 2: 1, 3: 2}), FW_PF),
-        Row(_h("/Capabilities/HasUdpSnapshots", 0x2024, U32, ONCE, bits=(10, 1)), FW_PF),
-    ]
-    for n in (1, 2, 3):
-        rows += _phase_rows(n, current(n))
-    return tuple(rows)
-
-
-ROWS_75CT = _rows(_current_75ct)
-ROWS_5A = _rows(_current_5a)
-ROWS: dict[int, tuple[Row, ...]] = {PRODUCT_VM_3P75CT: ROWS_75CT, PRODUCT_VM_3P5A: ROWS_5A}
-
-IDENTITY = (
-    _h("product_id", 0x1000, U16, ONCE),
-    _h("serial", 0x1001, text(8), ONCE),
-    _h("firmware_raw", 0x1009, U32, ONCE),
-    _h("hardware", 0x100B, U16, ONCE),
-    _h("phase_config", 0x2000, U16, ONCE),
-    _h("meter_role", 0x2001, U16, ONCE),
-)
+def active_sets(model: Model, firmware: Firmware, phases: Sequence[int]) -> set[str]:
+    """The file's register sets a meter with this firmware and these phases has."""
+    names = {"config"}
+    if firmware >= FW_DATA:
+        names.add("base")
+        for n in phases:
+            names |= {f"l{n}", f"l{n}_75ct", f"l{n}_5a"}
+    if firmware >= FW_NEUTRAL:
+        names |= {"neutral"} | {f"l{n}_neutral" for n in phases if firmware >= FW_DATA}
+    if firmware >= FW_PF:
+        names |= {"pf"} | {f"l{n}_pf" for n in phases if firmware >= FW_DATA}
+    return names & set(model.sets)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -235,9 +132,9 @@ class VictronMeterDriver(Driver):
                              self.model.name, configured, self.role)
 
     def registers(self) -> Sequence[Register]:
-        rows = ROWS[self.model.product_id]
-        return tuple(r.register for r in rows
-                     if self.firmware >= r.firmware and (r.phase is None or r.phase in self.phases))
+        sets = self.model.sets
+        keep = {name for s in active_sets(self.model, self.firmware, self.phases) for name in sets[s]}
+        return tuple(r for r in self.model.registers if r.name in keep)
 
     def _drop_unused_items(self) -> None:
         """Paths added before the identity was known (published from memory) that this
@@ -245,8 +142,8 @@ class VictronMeterDriver(Driver):
         if self.store is None or "/Ac/Power" not in self.store:
             return
         keep = {p for r in self.registers() for p in r.paths}
-        for row in ROWS[self.model.product_id]:
-            for path in row.register.paths:
+        for row in self.model.registers:
+            for path in row.paths:
                 if path not in keep and path in self.store:
                     self.store.remove(path)
         if "/NrOfPhases" in self.store:
@@ -330,39 +227,13 @@ class VictronMeterDriver(Driver):
                     sb.next_due = 0.0
 
 
-def _model(name: str, product: str, pid: int, rows: tuple[Row, ...]) -> Model:
-    return register_model(Model(
-        name=name,
-        product_name=product,
-        product_id=pid,
-        vendor="ve",
-        manufacturer="Victron Energy",
-        registers=tuple(r.register for r in rows),
-        default_role="grid",
-        allowed_roles=METER_ROLES,
-        device_instance=40,
-        phases=3,
-        identity=IDENTITY,
-        detect=f"product id {pid:#06x} at holding 0x1000",
-        driver=VictronMeterDriver,
-        min_timeout=0.2,
-        initial_timeout=1.0,
-        transports=("udp",),
-        rates=(),
-    ))
-
-
-VM_3P75CT = _model("vm3p75ct", "Energy Meter VM-3P75CT", PRODUCT_VM_3P75CT, ROWS_75CT)
-VM_3P5A = _model("vm3p5a", "Energy Meter VM-3P5A", PRODUCT_VM_3P5A, ROWS_5A)
-BY_PRODUCT_ID = {PRODUCT_VM_3P75CT: VM_3P75CT, PRODUCT_VM_3P5A: VM_3P5A}
-
-
 async def detect(client: UnitClient, timeout: float) -> Model | None:
-    """The product id at holding 0x1000 names the model; any other value is not ours."""
-    pid = (await client.read_holding(0x1000, 1, timeout=timeout))[0]
-    return BY_PRODUCT_ID.get(pid)
+    """The family's detector: the product id at holding 0x1000 names the model."""
+    from . import family
+
+    return await family("victron_em").detect(client, timeout)
 
 
-register_detector("victron_em", detect, order=30)
+register_driver("victron_em", VictronMeterDriver)
 
-__all__ = ["VM_3P5A", "VM_3P75CT", "VictronMeterDriver", "detect"]
+__all__ = ["VictronMeterDriver", "active_sets", "detect", "firmware_text"]
