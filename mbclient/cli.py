@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from .discovery.config import DiscoveryConfig
 from .errors import ConfigError
 from .runtime.config import MB, RuntimeConfig
 from .spec import STANDARD_BAUDS, DeviceSpec, parse_spec, parse_specs
@@ -101,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-poll", type=_positive_float, default=0.1, metavar="SECONDS",
                    help="power read interval of one of our grid meters while the zero-export controller "
                         "steers on it (default 0.1; others keep 0.25)")
+    p.add_argument("--scan", metavar="TARGET", help="scan and print what answers, then exit: rtu:<tty>[:rate] "
+                   "(serial port), tcp:<network>/<bits>[,...] or tcp (this host's networks)")
+    p.add_argument("-f", "--force-scan", action="store_true",
+                   help="full serial scan (units 1..247) instead of the quick one (default units only)")
+    p.add_argument("--scan-networks", metavar="CIDRS", help="networks a network scan covers (comma list; "
+                   "default: every network of this host's interfaces up to a /22)")
+    p.add_argument("--scan-port", type=int, default=502, metavar="PORT", help="Modbus TCP/UDP port a network "
+                   "scan asks (default 502)")
+    p.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=None,
+                   help="browse mDNS for Victron network meters (default: on on a GX, off elsewhere)")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -154,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         raise ConfigError(f"metrics port {args.metrics_port} outside 1..65535")
     on_gx = args.gx or os.path.isdir(VENUS_MARKER)
     return RuntimeConfig(
+        discovery=_discovery_config(args, path if args.serial is not None else None),
         bus_address=args.dbus,
         settings_file=args.settings,
         # On a GX the settings name belongs to Victron's localsettings, however late it
@@ -170,6 +182,27 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         max_rss=int(args.max_rss * MB),
         metrics_port=args.metrics_port,
         control_poll=args.control_poll,
+    )
+
+
+def _discovery_config(args: argparse.Namespace, serial_path: str | None) -> DiscoveryConfig:
+    """Scans in the running service: -s port, -m, -r, -f, --scan-networks, --scan-port."""
+    networks: tuple[str, ...] = ()
+    if args.scan_networks is not None:
+        from .discovery.netscan import parse_networks
+
+        networks = tuple(str(n) for n in parse_networks([args.scan_networks]))
+    _check_scan_port(args.scan_port)
+    return DiscoveryConfig(
+        serial_port=serial_path,
+        mode=args.mode,
+        rates=tuple(args.rate or ()),
+        force_scan=args.force_scan,
+        networks=networks,
+        port=args.scan_port,
+        # mDNS on a GX by default; on a laptop only when asked (--mdns)
+        mdns=serial_path is None and (args.mdns if args.mdns is not None
+                                      else bool(args.gx or os.path.isdir(VENUS_MARKER))),
     )
 
 
@@ -212,6 +245,27 @@ def _load_definitions(args: argparse.Namespace) -> None:
     load_user_definitions(user_dirs(args.devices or ()))
 
 
+def _check_scan_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"scan port {port} outside 1..65535")
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    """``--scan``: validate (ConfigError), then scan and print (see discovery/command.py)."""
+    from .discovery.command import parse_target, run_scan
+
+    target = parse_target(args.scan, args.rate)
+    _check_scan_port(args.scan_port)
+    if target.port:
+        _check_port_exists(_serial_path(target.port))
+    setup_logging(args.debug, quiet=True)  # the printed lines are the output
+    try:
+        return run_scan(target, full=args.force_scan, port=args.scan_port)
+    except KeyboardInterrupt:
+        print(f"{PROG}: scan interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -242,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .runtime.probe import run_probe
 
             return run_probe(specs)
+        if args.scan:
+            return _run_scan(args)
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

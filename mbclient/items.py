@@ -76,6 +76,10 @@ class Item:
     choices: tuple | None = None
     on_write: Callable[[Value], bool] | None = None
     notify_unchanged: bool = False
+    #: Published as a D-Bus boolean (``b``) instead of an int. Only for paths whose
+    #: established consumers expect one (the management service's ``/Scan``); device
+    #: flags stay ints because gui-v2 compares them with ``=== 1``.
+    boolean: bool = False
 
     @property
     def text(self) -> str:
@@ -147,6 +151,19 @@ class ItemStore:
             self._dirty.pop(path, None)
             for cb in self._structure_listeners:
                 cb()
+
+    def remove_tree(self, prefix: str) -> list[str]:
+        """Remove every leaf at or below ``prefix`` with ONE structure change, so the D-Bus
+        layer announces the whole subtree's removal in one ItemsChanged. Returns the paths."""
+        base = prefix.rstrip("/") + "/"
+        gone = [p for p in self.items if p == prefix or p.startswith(base)]
+        for p in gone:
+            del self.items[p]
+            self._dirty.pop(p, None)
+        if gone:
+            for cb in self._structure_listeners:
+                cb()
+        return gone
 
     def __contains__(self, path: str) -> bool:
         return path in self.items

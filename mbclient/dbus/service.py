@@ -95,7 +95,7 @@ class _StoreTree(BusItemTree):
         return [iface.introspect() for iface in self.export._extras.get(path, [])]
 
     def _get_value(self, path: str) -> Variant:
-        return variants.wrap(self.store.items[path].value)
+        return variants.wrap_item(self.store.items[path])
 
     def _get_text(self, path: str) -> str:
         return self.store.items[path].text
@@ -108,11 +108,11 @@ class _StoreTree(BusItemTree):
             return REJECTED
 
     def _get_items(self, path: str) -> dict[str, dict[str, Variant]]:
-        return {p: variants.properties(it.value, it.text) for p, it in self.store.items.items()}
+        return {p: variants.item_properties(it) for p, it in self.store.items.items()}
 
     def _subtree_values(self, path: str) -> Variant:
         sub = self.store.subtree(path)
-        return Variant("a{sv}", {k: variants.wrap(it.value) for k, it in sub.items()})
+        return Variant("a{sv}", {k: variants.wrap_item(it) for k, it in sub.items()})
 
     def _subtree_texts(self, path: str) -> Variant:
         sub = self.store.subtree(path)
@@ -296,7 +296,7 @@ class ServiceExport:
             return
         batch, self._pending = self._pending, {}
         changes = {
-            path: variants.properties(None, "") if item is None else variants.properties(item.value, item.text)
+            path: variants.properties(None, "") if item is None else variants.item_properties(item)
             for path, item in batch.items()
         }
         messages = [Message.new_signal("/", BUSITEM, "ItemsChanged", "a{sa{sv}}", [changes])]

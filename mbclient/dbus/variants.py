@@ -70,6 +70,18 @@ def _wrap_list(values: list) -> Variant:
     return Variant("av", [wrap(v) for v in values])
 
 
+def wrap_item(item: Any) -> Variant:
+    """Wrap an ``items.Item``'s value: as :func:`wrap`, except a ``boolean`` item is ``b``."""
+    if getattr(item, "boolean", False) and item.value is not None:
+        return Variant("b", bool(item.value))
+    return wrap(item.value)
+
+
+def item_properties(item: Any) -> dict[str, Variant]:
+    """The ``{'Value', 'Text'}`` dict of one ``items.Item`` (see :func:`wrap_item`)."""
+    return {"Value": wrap_item(item), "Text": Variant("s", item.text)}
+
+
 def text(value: str) -> Variant:
     return Variant("s", value)
 

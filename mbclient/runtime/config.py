@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..discovery.config import DiscoveryConfig
 from ..spec import DeviceSpec
 
 MB = 1024 * 1024
@@ -55,3 +56,4 @@ class RuntimeConfig:
     metrics_port: int | None = None  # Prometheus /metrics (mbclient.metrics); None = off
 
     process_name: str = "mbclient"
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)  # scans, AutoScan, mDNS

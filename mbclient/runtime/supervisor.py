@@ -110,6 +110,9 @@ class Supervisor:
         self._options_factory = options_factory
         self.running: dict[tuple[Any, ...], _Running] = {}
         self.saved: list[DeviceSpec] = []
+        #: further device lists by source (mDNS-discovered devices the user enabled)
+        self.sources: dict[str, list[DeviceSpec]] = {}
+        self.discovery: Any = None  # mbclient.discovery.manager.Discovery while running
         self.ctx: RuntimeContext | None = None
         self.settings: SettingsClient | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -145,6 +148,10 @@ class Supervisor:
                     from ..metrics import serve_supervisor_metrics  # optional feature, loaded on demand
 
                     await tg.start(serve_supervisor_metrics, self, cfg.metrics_port)
+                if cfg.discovery.enabled:  # the GUI's management service, early (before devices)
+                    from ..discovery.manager import Discovery
+
+                    self.discovery = await tg.start(Discovery(self).run)
                 path = devices_setting(cfg.port_name)
                 values = await settings.add([Setting(path, "")])
                 self._saved_changed(path, values.get(path, ""))
@@ -175,9 +182,15 @@ class Supervisor:
         self.saved = specs
         self.reconcile()
 
+    def set_source(self, name: str, specs: list[DeviceSpec]) -> None:
+        """Replace the device list of one source (discovery) and start/stop accordingly."""
+        self.sources[name] = list(specs)
+        if self._tg is not None:
+            self.reconcile()
+
     def reconcile(self) -> None:
         """Start tasks for new devices, stop those no longer configured."""
-        wanted = merge_specs(self.config.force_devices, self.saved)
+        wanted = merge_specs(self.config.force_devices, self.saved, *self.sources.values())
         stopping: dict[tuple[Any, ...], _Running] = {}
         for key, r in list(self.running.items()):
             if wanted.get(key) != r.spec:

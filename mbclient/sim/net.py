@@ -207,3 +207,38 @@ async def serve_rtu_over_tcp(
             yield info
     finally:
         line.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_silent(hosts: Iterable[str], port: int) -> AsyncIterator[int]:
+    """Hosts that take a Modbus TCP connection and a UDP datagram on ``port`` and never
+    answer (a PC, a printer, a device busy elsewhere): the worst case for a network scan,
+    which must wait out its timeout for each. Yields how many hosts listen."""
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.AbstractServer] = []
+    transports: list[asyncio.BaseTransport] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.read(4096):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    try:
+        for host in hosts:
+            servers.append(await asyncio.start_server(swallow, host, port))
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(host, port))
+            transports.append(transport)
+        yield len(servers)
+    finally:
+        for t in transports:
+            t.close()
+        for s in servers:
+            s.close()
+        for s in servers:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await s.wait_closed()

@@ -6,6 +6,10 @@ the pseudo-terminal and removes the link (the client's reads fail with EIO / han
 when an adapter is pulled); ``replug()`` creates a fresh one under the same name.
 
 Baud rates mean nothing to a pty; the ``SerialLine`` wire model supplies the timing.
+With ``strict_baud=True`` the port behaves like a line whose units all run at the bus's
+rate: a client that opened it at another rate (which a pty records in its termios)
+sends what the units hear as noise, and nothing answers - what a scan at the wrong rate
+meets on real RS-485.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import termios
 import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,8 +31,11 @@ from .line import SerialLine
 class SimSerialPort:
     """The pty pair behind a stable device name; see ``serve_rtu``."""
 
-    def __init__(self, bus: SimBus, *, mode: str = "rtu", directory: str | os.PathLike[str], link_name: str) -> None:
+    def __init__(self, bus: SimBus, *, mode: str = "rtu", directory: str | os.PathLike[str], link_name: str,
+                 strict_baud: bool = False) -> None:
         self.bus = bus
+        self.strict_baud = strict_baud
+        self.misheard = 0  # bytes sent at another rate than the bus's (strict_baud)
         self.mode = mode
         self.line = SerialLine(bus, mode)
         self.path = str(Path(directory) / link_name)
@@ -65,7 +73,19 @@ class SimSerialPort:
         except OSError:
             # We hold the slave side open ourselves, so EIO only happens while closing.
             return
+        if self.strict_baud and not self._rate_matches():
+            self.misheard += len(data)
+            return
         self.line.feed(data, self._write)
+
+    def _rate_matches(self) -> bool:
+        if self._slave is None:
+            return True
+        try:
+            speed = termios.tcgetattr(self._slave)[5]  # ospeed the client configured
+        except termios.error:
+            return True
+        return speed == getattr(termios, f"B{self.bus.baud}", speed)
 
     def _write(self, data: bytes) -> None:
         fd = self._master
@@ -111,6 +131,7 @@ async def serve_rtu(
     mode: str = "rtu",
     link_name: str | None = None,
     directory: str | os.PathLike[str] | None = None,
+    strict_baud: bool = False,
 ) -> AsyncIterator[SimSerialPort]:
     """Serve ``bus`` on a pseudo-terminal; yields the port (``port.path`` is what to open).
 
@@ -119,7 +140,7 @@ async def serve_rtu(
     """
     own_dir = directory is None
     where = tempfile.mkdtemp(prefix="mbsim-") if own_dir else os.fspath(directory)
-    port = SimSerialPort(bus, mode=mode, directory=where, link_name=link_name or "ttyUSB0")
+    port = SimSerialPort(bus, mode=mode, directory=where, link_name=link_name or "ttyUSB0", strict_baud=strict_baud)
     port._open()
     try:
         yield port

@@ -7,6 +7,9 @@ device on one serial port goes through the same bus arbiter.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from ..errors import ConfigError
 from ..spec import DeviceSpec
 from .base import Link, UnitClient, UnitStats
@@ -37,11 +40,13 @@ class LinkPool:
         self._links: dict[tuple[str, str, int], AnyLink] = {}
         self._methods: dict[tuple[str, str, int], str] = {}
         self._serial_rates: dict[str, int] = {}
+        self._borrowed: set[tuple[str, str, int]] = set()
 
     def get(self, spec: DeviceSpec) -> AnyLink:
         key = spec.link_key
         link = self._links.get(key)
         if link is not None:
+            self._borrowed.discard(key)  # a device uses it now: it stays after the scan
             if self._methods[key] != spec.method:
                 raise ConfigError(
                     f"{spec.device_path if spec.is_serial else spec.target}: used as both "
@@ -57,6 +62,33 @@ class LinkPool:
         self._methods[key] = spec.method
         return link
 
+    def serial_rate(self, device_path: str) -> int | None:
+        """The baud rate the port is in use at, or None if no link uses it."""
+        return self._serial_rates.get(device_path)
+
+    @contextlib.asynccontextmanager
+    async def borrow(self, spec: DeviceSpec) -> AsyncIterator[AnyLink]:
+        """The link a scan uses: the shared one (a scan interleaves with the running
+        devices through the same arbiter), or a new one that is closed again afterwards -
+        unless a device started on it meanwhile (``get``), then it stays."""
+        key = spec.link_key
+        if key in self._links:
+            yield self.get(spec)
+            return
+        link = self.get(spec)
+        self._borrowed.add(key)
+        try:
+            yield link
+        finally:
+            if key in self._borrowed:
+                self._borrowed.discard(key)
+                if self._links.get(key) is link:
+                    del self._links[key]
+                    del self._methods[key]
+                    if spec.is_serial:
+                        self._serial_rates.pop(spec.device_path, None)
+                await link.aclose()
+
     def links(self) -> list[AnyLink]:
         return list(self._links.values())
 
@@ -65,6 +97,7 @@ class LinkPool:
         self._links.clear()
         self._methods.clear()
         self._serial_rates.clear()
+        self._borrowed.clear()
         for link in links:
             await link.aclose()
 

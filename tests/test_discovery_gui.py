@@ -1,0 +1,272 @@
+"""The Venus GUI's "Modbus devices" pages against the running service, on a private bus.
+
+Every test acts exactly as the GUI pages do: it writes the settings strings the GUI
+writes (appended ``proto:ip:port:unit`` entries, removal by exact match), toggles
+``/Scan`` with a D-Bus boolean, reads ``/ScanProgress`` and its text, switches
+``/Devices/<ident>/Enabled`` with int 1/0 - and checks the services that appear.
+Devices are simulated on loopback addresses (127.0.0.0/8) and pseudo-terminals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from dbus_fast import Message, MessageType, Variant
+from test_runtime_support import Observer, fast_config, running_supervisor, wait_until
+
+from mbclient.dbus import variants
+from mbclient.discovery.config import DiscoveryConfig
+from mbclient.sim import SimBus, growatt_min, sdm230, serve_rtu, serve_tcp
+from mbclient.sim.net import serve_silent
+
+BUSITEM = "com.victronenergy.BusItem"
+SETTINGS = "com.victronenergy.settings"
+TCP_MGMT = "com.victronenergy.modbusclient.tcp"
+DEVICES = "/Settings/ModbusClient/tcp/Devices"
+AUTOSCAN = "/Settings/ModbusClient/tcp/AutoScan"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def call(obs: Observer, name: str, path: str, member: str, signature: str = "", body: list | None = None) -> Any:
+    reply = await obs.bus.call(Message(destination=name, path=path, interface=BUSITEM, member=member,
+                                       signature=signature, body=body or []))
+    if reply.message_type is MessageType.ERROR:
+        raise LookupError(f"{name} {path} {member}: {reply.error_name} {reply.body}")
+    return reply.body[0]
+
+
+async def gui_set(obs: Observer, name: str, path: str, variant: Variant) -> int:
+    """SetValue with the exact D-Bus type the GUI sends."""
+    return await call(obs, name, path, "SetValue", "v", [variant])
+
+
+async def raw_value(obs: Observer, name: str, path: str) -> Variant:
+    return await call(obs, name, path, "GetValue")
+
+
+@contextlib.asynccontextmanager
+async def net_devices(hosts: dict[str, Any], port: int) -> AsyncIterator[None]:
+    """One simulated Modbus TCP device per loopback host."""
+    async with contextlib.AsyncExitStack() as stack:
+        for host, unit in hosts.items():
+            await stack.enter_async_context(serve_tcp(SimBus(units=[unit]), host=host, port=port))
+        yield
+
+
+def net_config(dbus_address: str, tmp_path, port: int, **discovery: Any):
+    d = dict(networks=("127.77.1.0/29",), port=port, start_delay=0.2, net_timeout=0.25, mdns=False)
+    d.update(discovery)
+    return fast_config(dbus_address, tmp_path / "settings.json", [], discovery=DiscoveryConfig(**d))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_gui_scan_button_finds_saves_and_publishes_network_devices(dbus_address: str, tmp_path) -> None:
+    port = free_port("127.77.1.2")
+    meter, inverter = sdm230(1, serial=23000777), growatt_min(1, serial="QXB7770001")
+    async with net_devices({"127.77.1.2": meter, "127.77.1.3": inverter}, port):
+        obs = await Observer.connect(dbus_address)
+        try:
+            async with running_supervisor(net_config(dbus_address, tmp_path, port)) as sup:
+                await obs.wait_name(TCP_MGMT)
+                # The management service: no /DeviceInstance (MQTT files it as instance 0)
+                assert "/DeviceInstance" not in await call(obs, TCP_MGMT, "/", "GetItems")
+                scan = await raw_value(obs, TCP_MGMT, "/Scan")
+                assert scan.signature == "b" and scan.value is False
+                assert (await raw_value(obs, TCP_MGMT, "/ScanProgress")).signature == "ai"  # invalid
+                # AutoScan of the network instance is created off (0), range 0..1
+                assert await obs.get(SETTINGS, AUTOSCAN) == 0
+
+                # "Scan for devices": the GUI writes !value as a boolean
+                assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("b", True)) == 0
+                seen: list[tuple[bool, Any, str]] = []
+                with anyio.fail_after(20):
+                    while True:
+                        v = await raw_value(obs, TCP_MGMT, "/Scan")
+                        prog = await obs.get(TCP_MGMT, "/ScanProgress")
+                        text = await call(obs, TCP_MGMT, "/ScanProgress", "GetText")
+                        seen.append((v.value, prog, text))
+                        if sup.discovery.scans >= 1 and not v.value:
+                            break
+                        await anyio.sleep(0.01)
+                running = [(p, t) for v, p, t in seen if v and p is not None]
+                assert running, "the scan was never seen running"
+                for p, t in running:
+                    assert isinstance(p, float) and 0.0 <= p <= 100.0
+                    assert t == f"{int(p)}%"
+                assert await obs.get(TCP_MGMT, "/ScanProgress") is None  # invalid again at the end
+
+                # Found devices are saved (canonical, sorted) and started
+                want = f"tcp:127.77.1.2:{port}:1,tcp:127.77.1.3:{port}:1"
+                await obs.wait_for(SETTINGS, DEVICES, lambda v: v == want)
+                await obs.wait_name("com.victronenergy.grid.eastron_23000777")
+                await obs.wait_name("com.victronenergy.pvinverter.growatt_QXB7770001")
+                # saved devices are Enabled (the stock rule: forced to 1)
+                await obs.wait_for(SETTINGS, "/Settings/Devices/eastron_23000777/Enabled", lambda v: v == 1)
+
+                # a second scan leaves configured hosts alone: nothing new is found
+                assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("b", True)) == 0
+                await wait_until(lambda: sup.discovery.scans >= 2, 20, "second scan")
+                assert sup.discovery.last_found == []
+        finally:
+            obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_gui_device_list_edits_apply_and_are_rewritten(dbus_address: str, tmp_path, caplog) -> None:
+    port = free_port("127.77.1.2")
+    meter = sdm230(1, serial=23000888)
+    async with net_devices({"127.77.1.2": meter}, port):
+        obs = await Observer.connect(dbus_address)
+        try:
+            async with running_supervisor(net_config(dbus_address, tmp_path, port)):
+                await obs.wait_name(TCP_MGMT)
+                # "Add device" appends what the user typed: leading zeros, a duplicate, junk,
+                # and a device that is not there (no listener on .5)
+                typed = (f"tcp:127.77.1.2:0{port}:01,tcp:127.77.1.5:{port}:1,not-a-device,"
+                         f"tcp:127.77.1.2:{port}:1")
+                caplog.set_level(logging.WARNING)
+                assert await gui_set(obs, SETTINGS, DEVICES, Variant("s", typed)) == 0
+                await obs.wait_name("com.victronenergy.grid.eastron_23000888")
+                want = f"tcp:127.77.1.2:{port}:1,tcp:127.77.1.5:{port}:1"  # failing entry kept
+                await obs.wait_for(SETTINGS, DEVICES, lambda v: v == want)
+                junk = [r for r in caplog.records if "not-a-device" in r.getMessage()]
+                assert len(junk) == 1, [r.getMessage() for r in caplog.records]
+
+                # "Remove": the GUI deletes the entry that matches exactly and joins the rest
+                entries = (await obs.get(SETTINGS, DEVICES)).split(",")
+                entries.remove(f"tcp:127.77.1.2:{port}:1")
+                assert await gui_set(obs, SETTINGS, DEVICES, Variant("s", ",".join(entries))) == 0
+                await obs.wait_name("com.victronenergy.grid.eastron_23000888", present=False)
+                assert await obs.get(SETTINGS, DEVICES) == f"tcp:127.77.1.5:{port}:1"
+
+                # "Automatic scanning" switch: writes 1/0 into an int setting limited to 0..1
+                assert await gui_set(obs, SETTINGS, AUTOSCAN, Variant("i", 1)) == 0
+                assert (await raw_value(obs, SETTINGS, AUTOSCAN)).value == 1
+                assert await gui_set(obs, SETTINGS, AUTOSCAN, Variant("i", 2)) != 0
+        finally:
+            obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_scan_request_while_scanning_and_stop(dbus_address: str, tmp_path, caplog) -> None:
+    """A second request while a scan runs is one log line; writing false stops the scan."""
+    port = free_port("127.77.2.1")
+    obs = await Observer.connect(dbus_address)
+    try:
+        # hosts that accept and never answer, a long timeout, little concurrency: a long scan
+        cfg = net_config(dbus_address, tmp_path, port, networks=("127.77.2.0/28",), net_timeout=1.0,
+                         net_concurrency=2)
+        async with serve_silent([f"127.77.2.{i}" for i in range(1, 15)], port), running_supervisor(cfg) as sup:
+            await obs.wait_name(TCP_MGMT)
+            caplog.set_level(logging.INFO, logger="mbclient.discovery")
+            assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("b", True)) == 0
+            await obs.wait_for(TCP_MGMT, "/Scan", lambda v: v is True)
+            # a second press (an int this time: accepted like the stock client) is ignored
+            assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("i", 1)) == 0
+            await wait_until(lambda: any("already running" in r.getMessage() for r in caplog.records), 5,
+                             "log line")
+            assert await obs.get(TCP_MGMT, "/Scan") is True
+            # a bad type is refused without effect
+            assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("s", "yes")) == 1
+            assert await gui_set(obs, TCP_MGMT, "/Scan", Variant("b", False)) == 0
+            await obs.wait_for(TCP_MGMT, "/Scan", lambda v: v is False, timeout=5)
+            assert await obs.get(TCP_MGMT, "/ScanProgress") is None
+            assert sup.discovery.scanner is None
+    finally:
+        obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_serial_port_autoscan_and_management_service(dbus_address: str, tmp_path) -> None:
+    """A serial instance: AutoScan (default 1) finds the unit at its rate at start; the
+    port's own management service runs a full scan on request and saves what it finds."""
+    bus = SimBus(baud=38400, units=[growatt_min(1, serial="QXB2400001"), sdm230(7, serial=24000007)])
+    async with serve_rtu(bus, directory=tmp_path, strict_baud=True) as port:
+        obs = await Observer.connect(dbus_address)
+        try:
+            cfg = fast_config(dbus_address, tmp_path / "settings.json", [], port_name="ttyUSB0",
+                              discovery=DiscoveryConfig(serial_port=port.path, rates=(9600, 38400),
+                                                        start_delay=0.2, full_timeout=0.04, mdns=False))
+            async with running_supervisor(cfg) as sup:
+                mgmt = "com.victronenergy.modbusclient.ttyUSB0"
+                await obs.wait_name(mgmt)
+                assert await obs.get(SETTINGS, "/Settings/ModbusClient/ttyUSB0/AutoScan") == 1
+                # quick scan: 9600 first (nothing: the units hear noise), then 38400
+                saved = "/Settings/ModbusClient/ttyUSB0/Devices"
+                await obs.wait_for(SETTINGS, saved, lambda v: v == f"rtu:{port.path}:38400:1", timeout=20)
+                await obs.wait_name("com.victronenergy.pvinverter.growatt_QXB2400001")
+                assert port.misheard > 0
+                # unit 7 is no default unit: only a full scan finds it; the GUI-style request
+                assert await gui_set(obs, mgmt, "/Scan", Variant("b", True)) == 0
+                await obs.wait_for(SETTINGS, saved, lambda v: "38400:7" in v, timeout=60)
+                assert await obs.get(SETTINGS, saved) == f"rtu:{port.path}:38400:1,rtu:{port.path}:38400:7"
+                await obs.wait_name("com.victronenergy.grid.eastron_24000007")
+                await obs.wait_for(mgmt, "/Scan", lambda v: v is False, timeout=60)
+                # the running inverter was polled throughout, and nothing was written by the scan
+                assert bus.collided_frames() == []
+                assert bus[7].counters.writes == 0
+                assert sup.discovery.scans >= 2
+        finally:
+            obs.close()
+
+
+def test_item_boolean_flag_is_published_as_b() -> None:
+    from mbclient.items import ItemStore
+
+    store = ItemStore()
+    item = store.add("/Scan", False, writable=True, kind=int, boolean=True)
+    assert variants.wrap_item(item).signature == "b"
+    assert store.write("/Scan", True) == 0 and variants.wrap_item(item).value is True
+    plain = store.add("/Flag", True)
+    assert variants.wrap_item(plain).signature == "i"  # everything else: ints, never booleans
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_serial_starter_cycle_exit_1_when_nothing_answers(dbus_address: str, tmp_path) -> None:
+    """serial-starter runs ``-x -s <tty>``: nothing on the port -> exit status 1 (next driver)."""
+    from test_cli_run import finish, start_cli
+
+    async with serve_rtu(SimBus(baud=9600, units=[]), directory=tmp_path) as port:
+        proc = await start_cli("-x", "-s", port.path, "--dbus", dbus_address, "--settings",
+                               str(tmp_path / "s.json"))
+        code, _out, err = await finish(proc, 30)
+    assert code == 1, err
+    assert "nothing answers on" in err and "Traceback" not in err
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_serial_starter_cycle_keeps_running_when_the_scan_finds_a_device(dbus_address: str, tmp_path) -> None:
+    from test_cli_run import finish, running_cli
+
+    bus = SimBus(baud=9600, units=[sdm230(1, serial=23000991)])
+    async with serve_rtu(bus, directory=tmp_path, link_name="ttyUSB3") as port:
+        obs = await Observer.connect(dbus_address)
+        try:
+            async with running_cli("-x", "-s", port.path, "--dbus", dbus_address, "--settings",
+                                   str(tmp_path / "s.json")) as proc:
+                await obs.wait_name("com.victronenergy.grid.eastron_23000991", timeout=20)
+                await obs.wait_for(SETTINGS, "/Settings/ModbusClient/ttyUSB3/Devices",
+                                   lambda v: v == f"rtu:{port.path}:9600:1")
+                assert proc.returncode is None
+                proc.terminate()
+                code, _out, err = await finish(proc)
+            assert code == 0, err
+        finally:
+            obs.close()
