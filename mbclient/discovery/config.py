@@ -16,7 +16,7 @@ class DiscoveryConfig:
     port: int = 502  # Modbus TCP/UDP port a network scan asks
     net_timeout: float = 0.25
     net_concurrency: int = 64
-    quick_timeout: float = 0.25
+    quick_timeout: float = 0.1
     full_timeout: float = 0.1
     start_delay: float = 10.0  # after start: saved devices get this long to come up before AutoScan looks
     rescan_interval: float = 600.0  # AutoScan again while a saved device is missing (stock: 600 s)

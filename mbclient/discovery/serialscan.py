@@ -31,7 +31,7 @@ from .probe import Found, probe_unit
 log = logging.getLogger("mbclient.discovery")
 
 UNIT_MIN, UNIT_MAX = 1, 247
-QUICK_TIMEOUT = 0.25  # few probes: room for a slow unit
+QUICK_TIMEOUT = 0.1  # the stock client's serial scan timeout
 FULL_TIMEOUT = 0.1  # 247 probes: the stock client's serial scan timeout
 COMMON_RATE = 9600  # tried first: the factory rate of most meters and inverters
 
