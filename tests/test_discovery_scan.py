@@ -101,7 +101,8 @@ async def test_quick_scan_stops_at_the_first_rate_that_answers(tmp_path) -> None
             await links.aclose()
     assert [(str(f.spec), f.model, f.serial) for f in found] == [(f"rtu:{port.path}:19200:1", "sdm230", "23019200")]
     assert scan.rate == 19200
-    assert progress[-1] == (2, 2)  # 9600 and 19200 tried, 38400 and 115200 not
+    n = len(scan.units)  # the models' default units
+    assert progress[-1] == (2 * n, 2 * n)  # 9600 and 19200 tried, 38400 and 115200 not
     assert links.links() == []  # the borrowed links were closed again
 
 
