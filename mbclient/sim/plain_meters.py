@@ -104,4 +104,48 @@ def dtsu666(address: int = 1, truth: MeterTruth | None = None) -> SimUnit:
 
 PLAIN_METERS = {"dds238": dds238, "orno_we514": orno_we514, "orno_we516": orno_we516, "dtsu666": dtsu666}
 
-__all__ = ["MeterTruth", "PLAIN_METERS", "dds238", "dtsu666", "orno_we514", "orno_we516"]
+__all__ = ["MeterTruth", "PLAIN_METERS", "dds238", "dtsu666", "orno_we514", "orno_we516", "shelly_pro3em"]
+
+
+def _swapped_text(u: SimUnit, table: str, addr: int, nregs: int, text: str) -> None:
+    """Shelly's texts: two characters per register, the pair stored low byte first."""
+    raw = text.encode("ascii")[: 2 * nregs].ljust(2 * nregs, b"\0")
+    bank = u.bank(table)
+    for i in range(nregs):
+        bank[addr + i] = (raw[2 * i + 1] << 8) | raw[2 * i]
+
+
+def _f32le(u: SimUnit, table: str, addr: int, value: float) -> None:
+    import struct
+
+    hi, lo = struct.unpack(">HH", struct.pack(">f", float(value)))
+    bank = u.bank(table)
+    bank[addr], bank[addr + 1] = lo, hi
+
+
+def shelly_pro3em(address: int = 1, truth: MeterTruth | None = None, *, serial: str = "ECC9FF1A2B3C",
+                  per_phase_kwh: tuple[tuple[float, float], ...] = ((400.0, 300.0), (434.56, 250.0),
+                                                                   (400.0, 239.01))) -> SimUnit:
+    """Shelly Pro 3EM (Modbus TCP, input registers): its documented 3xxxx numbers minus
+    30000; float32 low word first; texts with each register's bytes swapped."""
+    from .unit import INPUT
+
+    t = truth or MeterTruth()
+    u = SimUnit(address, name="Shelly Pro 3EM")
+    u.define(INPUT, 0, 16)
+    _swapped_text(u, INPUT, 0, 6, serial)
+    _swapped_text(u, INPUT, 6, 10, "SPEM-003CEBEU")
+    u.define(INPUT, 1000, 80)
+    _f32le(u, INPUT, 1013, t.total_w)
+    for n in range(3):
+        base = 1020 + 20 * n
+        _f32le(u, INPUT, base, t.volts[n])
+        _f32le(u, INPUT, base + 2, t.amps[n])
+        _f32le(u, INPUT, base + 4, t.watts[n])
+    u.define(INPUT, 1160, 70)
+    _f32le(u, INPUT, 1162, t.import_kwh * 1000)
+    _f32le(u, INPUT, 1164, t.export_kwh * 1000)
+    for n, (imp, exp) in enumerate(per_phase_kwh):
+        _f32le(u, INPUT, 1182 + 20 * n, imp * 1000)
+        _f32le(u, INPUT, 1184 + 20 * n, exp * 1000)
+    return u
