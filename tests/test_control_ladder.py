@@ -3,10 +3,13 @@
 Pure code (no bus, no clock): what a site owner relies on is that the controller limits
 only inside the configured energy band, gives full power when the battery wants charge,
 never fights ESS, goes to the safe limit when the grid meter cannot be trusted, and does
-not write the inverter on every wiggle.
+not write the inverter on every wiggle: a lower limit goes out at once while the site
+exports, a higher one rises smoothly while it imports.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -163,26 +166,87 @@ def test_discharge_adds_the_multis_output(battery, subtracted):
     assert demand(snap, ON) == pytest.approx(base + 700.0 if subtracted else base)
 
 
-# -- output shaping: percent of rated power, clamp, EMA 0.2, 1-point deadband ---------------------
-def limiting(load: float) -> Snapshot:
-    """A limiting snapshot whose demand L is exactly ``load`` watts."""
-    return BASE.with_(grid_power=load - BASE.pv_power)
+# -- output shaping: fast down, careful up -----------------------------------------------------
+# ``EXACT`` aims at zero grid power and has no hysteresis, so the arithmetic of the averaging
+# and the deadband shows plainly; ``ON`` has the defaults (30 W import margin, 50 W).
+def replace_cfg(**changes) -> LadderSettings:
+    return replace(ON, **changes)
 
 
-def test_first_limit_is_written_unsmoothed_then_ema_with_deadband():
+EXACT = replace_cfg(target_grid_power=0.0, hysteresis=0.0)
+
+
+def limiting(load: float, grid: float = 0.0) -> Snapshot:
+    """A limiting snapshot whose demand L is exactly ``load`` W, with ``grid`` W at the meter
+    (+ import, - export) and the inverter making the rest."""
+    return BASE.with_(grid_power=grid, pv_power=load - grid)
+
+
+def requests(lad: Ladder, *snaps: Snapshot) -> list:
+    return [lad.step(s).request for s in snaps]
+
+
+def test_the_first_limit_is_the_need_as_measured():
+    """Inverter output + grid power - the target grid consumption, unsmoothed."""
+    first = Ladder(ON).step(limiting(1200.0, grid=-300.0))
+    assert first.status == L.LIMITING and first.request == pytest.approx(1200.0 - 30.0)
+    assert Ladder(replace_cfg(target_grid_power=100.0)).step(limiting(1200.0)).request == pytest.approx(1100.0)
+
+
+def test_export_writes_the_needed_limit_at_once():
+    """A kettle switches off (1.5 kW less): one request, straight to the need, marked fast."""
     lad = Ladder(ON)
-    first = lad.step(limiting(1200.0))
-    assert first.status == L.LIMITING and first.request == pytest.approx(1200.0)  # 40 %
-    # demand steps to 1500 W (50 %): EMA moves 40 -> 42 %, more than 1 point: written
-    assert lad.step(limiting(1500.0)).request == pytest.approx(0.42 * RATED)
-    # 42 -> 43.6 -> written; each later step is compared with what was last requested
-    assert lad.step(limiting(1500.0)).request == pytest.approx(0.436 * RATED)
-    # towards 44.5 %: 43.6 -> 43.78 % is within the deadband: no call
-    assert lad.step(limiting(0.445 * RATED)).request is KEEP
+    lad.step(limiting(2400.0))  # 80 % less the margin
+    drop = lad.step(limiting(900.0, grid=-1500.0))
+    assert drop.request == pytest.approx(900.0 - 30.0) and drop.fast
+    # the output comes down over the next second: the same need, nothing more to ask
+    assert requests(lad, limiting(900.0, grid=-800.0), limiting(900.0, grid=-100.0)) == [KEEP, KEEP]
+
+
+def test_export_smaller_than_the_deadband_writes_nothing():
+    lad = Ladder(EXACT)
+    lad.step(limiting(0.40 * RATED))
+    assert lad.step(limiting(0.395 * RATED, grid=-15.0)).request is KEEP  # 0.5 point
+
+
+def test_import_rises_smoothly_never_past_the_need():
+    lad = Ladder(ON)  # RATED 3000 W: 1 point = 30 W; hysteresis 50 W
+    lad.step(limiting(0.40 * RATED + 30.0))  # 40 % in force
+    need = limiting(0.50 * RATED + 30.0, grid=300.0)  # the load rose by 300 W: 50 % needed
+    got = [lad.step(need) for _ in range(30)]
+    sent = [g.request for g in got if g.request is not KEEP]
+    assert not any(g.fast for g in got)
+    assert sent[0] == pytest.approx(0.42 * RATED)  # EMA 0.2: 40 -> 42 %, 60 W > 50 W
+    assert sent == sorted(sent) and max(sent) <= 0.50 * RATED + 1e-6  # a ramp, no overshoot
+    assert len(sent) < 10  # each request at least the hysteresis above the last
+
+
+def test_a_rise_within_the_hysteresis_is_never_asked_for():
+    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad.step(limiting(0.40 * RATED + 30.0))
+    assert requests(lad, *[limiting(0.40 * RATED + 30.0 + 45.0, grid=45.0)] * 10) == [KEEP] * 10
+    assert lad.step(limiting(0.40 * RATED + 30.0 + 55.0, grid=55.0)).request == pytest.approx(0.40 * RATED + 55.0)
+
+
+def test_no_rise_while_exporting():
+    """Whatever the readings' skew suggests, a higher limit during export is more export."""
+    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad.step(limiting(0.40 * RATED + 30.0))
+    assert lad.step(limiting(0.60 * RATED, grid=-50.0)).request is KEEP
+    # the averaging does not store the rise up for later either
+    assert lad.step(limiting(0.40 * RATED + 30.0 + 10.0, grid=10.0)).request is KEEP
+
+
+def test_a_reduction_while_importing_is_smoothed_not_fast():
+    """The sun, not the limit, made the output: lowering the limit exports nothing meanwhile."""
+    lad = Ladder(EXACT)
+    lad.step(limiting(0.80 * RATED))
+    step = lad.step(limiting(0.40 * RATED, grid=100.0))
+    assert step.request == pytest.approx(0.72 * RATED) and not step.fast  # 80 + 0.2 * (40 - 80)
 
 
 def test_deadband_is_exactly_one_point():
-    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad = Ladder(replace_cfg(smoothing=1.0, target_grid_power=0.0, hysteresis=0.0))
     lad.step(limiting(0.40 * RATED))
     assert lad.step(limiting(0.41 * RATED)).request is KEEP  # moved 1.0 point
     assert lad.step(limiting(0.4101 * RATED)).request == pytest.approx(0.4101 * RATED)
@@ -190,17 +254,17 @@ def test_deadband_is_exactly_one_point():
 
 def test_clamped_to_2_and_100_percent():
     lad = Ladder(replace_cfg(smoothing=1.0))
-    assert lad.step(limiting(-500.0)).request == pytest.approx(0.02 * RATED)  # export: minimum
-    assert lad.step(limiting(5 * RATED)).request == pytest.approx(RATED)  # 100 %
+    assert lad.step(limiting(-500.0, grid=-800.0)).request == pytest.approx(0.02 * RATED)  # minimum
+    assert lad.step(limiting(5 * RATED, grid=500.0)).request == pytest.approx(RATED)  # 100 %
 
 
 def test_full_power_ramps_then_asks_for_100_percent_once():
     lad = Ladder(ON)
-    lad.step(limiting(0.30 * RATED))
-    charging = BASE.with_(battery_power=900.0, soc=50.0)
-    requests = [lad.step(charging) for _ in range(30)]
-    assert {r.status for r in requests} == {L.CHARGING}
-    writes = [r.request for r in requests if r.request is not KEEP]
+    lad.step(limiting(0.30 * RATED + 30.0))
+    charging = BASE.with_(battery_power=900.0, soc=50.0)  # exporting, but not limiting
+    requests_ = [lad.step(charging) for _ in range(30)]
+    assert {r.status for r in requests_} == {L.CHARGING}
+    writes = [r.request for r in requests_ if r.request is not KEEP]
     assert writes[0] == pytest.approx(0.44 * RATED)  # 30 + 0.2 * (100 - 30)
     assert writes == sorted(writes)  # a ramp, no overshoot
     # full power is our own request (spaced by the limiter), not a release (written at once)
@@ -214,7 +278,7 @@ def test_full_power_from_the_start_needs_no_request():
 
 
 def test_pv_offline_holds_and_resets_smoothing():
-    lad = Ladder(ON)
+    lad = Ladder(EXACT)
     lad.step(limiting(0.30 * RATED))
     night = lad.step(BASE.with_(pv_power=0.0))
     assert night.status == L.PV_OFFLINE and night.request is KEEP
@@ -230,21 +294,21 @@ def test_release_states_hand_back_once():
 
 
 def test_fail_safe_is_immediate_and_smoothing_resumes_from_it():
-    lad = Ladder(replace_cfg(safe_limit=300.0))  # 10 % of 3000 W
+    lad = Ladder(replace_cfg(safe_limit=300.0, target_grid_power=0.0, hysteresis=0.0))  # 10 % of 3000 W
     lad.step(limiting(0.80 * RATED))
     lost = lad.step(BASE.with_(grid_fault="silent"))
     assert lost.status == L.FAIL_SAFE and lost.request == pytest.approx(300.0)
     assert lad.step(BASE.with_(grid_fault="silent")).request is KEEP  # no repeated writes
-    back = lad.step(limiting(0.80 * RATED))
+    back = lad.step(limiting(0.80 * RATED, grid=2100.0))
     assert back.request == pytest.approx(0.24 * RATED)  # 10 + 0.2 * (80 - 10)
 
 
 def test_a_quiet_grid_meter_freezes_the_limit_without_changing_the_status():
-    lad = Ladder(replace_cfg(smoothing=1.0))
+    lad = Ladder(replace_cfg(smoothing=1.0, target_grid_power=0.0, hysteresis=0.0))
     lad.step(limiting(0.40 * RATED))
-    quiet = lad.step(limiting(0.70 * RATED).with_(grid_quiet=True))
+    quiet = lad.step(limiting(0.70 * RATED, grid=900.0).with_(grid_quiet=True))
     assert quiet.status == L.LIMITING and quiet.request is KEEP
-    assert lad.step(limiting(0.70 * RATED)).request == pytest.approx(0.70 * RATED)
+    assert lad.step(limiting(0.70 * RATED, grid=900.0)).request == pytest.approx(0.70 * RATED)
 
 
 def test_safe_limit_zero_means_the_minimum_percent():
@@ -274,9 +338,7 @@ def test_settings_are_validated():
         LadderSettings(smoothing=0.0)
     with pytest.raises(ValueError):
         LadderSettings(min_percent=50.0, max_percent=20.0)
+    with pytest.raises(ValueError):
+        LadderSettings(hysteresis=-1.0)
 
 
-def replace_cfg(**changes) -> LadderSettings:
-    from dataclasses import replace
-
-    return replace(ON, **changes)

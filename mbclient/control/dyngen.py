@@ -54,7 +54,8 @@ class Limiter(Protocol):
     max_power: float | None
     writes_per_hour: float
 
-    def request(self, watts: float | None, source: str, *, urgent: bool = False) -> bool: ...
+    def request(self, watts: float | None, source: str, *, urgent: bool = False,
+                exporting: bool = False) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,9 @@ SETTING_TABLE = (
     Setting("batteryChargePowerCeiling", 3200.0, 0.0, 1e6, "charge_power_ceiling"),
     Setting("batteryDischargeThreshold", -100.0, -1e6, 0.0, "discharge_threshold"),
     Setting("safeLimit", 0.0, 0.0, 1e6, "safe_limit"),
-    Setting("smoothing", 0.2, 0.01, 1.0, "smoothing"),  # EMA weight; 1 = none
+    Setting("targetGridPower", 30.0, -1e4, 1e4, "target_grid_power"),  # W imported while limiting
+    Setting("hysteresis", 50.0, 0.0, 1e4, "hysteresis"),  # W a raise must exceed before it is asked
+    Setting("smoothing", 0.2, 0.01, 1.0, "smoothing"),  # EMA weight on the way up; 1 = none
     Setting("staleTimeout", 5.0, 0.2, 60.0),
     Setting("gridService", ""),
     Setting("vebusService", ""),
@@ -327,7 +330,8 @@ class DynamicGeneration:
             self.request_log.append((self.tracker.clock(), step.request))
             entering_safe = step.decision.action is L.Action.SAFE and (
                 previous is None or previous.decision.action is not L.Action.SAFE)
-            if self.limiter.request(step.request, SOURCE, urgent=entering_safe) is False:  # type: ignore[arg-type]
+            if self.limiter.request(step.request, SOURCE, urgent=entering_safe,  # type: ignore[arg-type]
+                                    exporting=step.fast) is False:
                 # refused (limiting disabled, rating unknown yet): ask again next time
                 self.ladder.shaper.forget()
         if previous is None or previous.status != step.status or previous.decision.reason != step.decision.reason:

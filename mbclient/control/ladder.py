@@ -11,9 +11,13 @@ sequences (``tests/test_control_ladder.py``). Two layers:
 
 * :func:`decide` — which rung applies and what it wants (full power, a limit in watts, the
   safe limit, hands off, or keep what is there);
-* :class:`Shaper` — the seed's output stage: watts → percent of rated power, clamp to
-  2..100 %, exponential smoothing (EMA 0.2) and a 1-point deadband, so the inverter is
-  not written on every wiggle of the grid meter.
+* :class:`Shaper` — the output stage: watts → percent of rated power, clamped to 2..100 %,
+  *fast down, careful up*. The limit the site needs is computed directly from what is
+  measured (inverter output + grid power − the target grid consumption), not walked
+  towards: while the site exports, a lower limit is requested at once, unsmoothed (every
+  watt of delay is exported); while it imports, a higher limit follows an exponential
+  average and is requested only once it is more than the hysteresis above the one in
+  force (an overshoot upwards is export the moment the load drops again).
 
 :class:`Ladder` chains both; the controller calls ``Ladder.step(snapshot)`` on every input
 change and hands ``Step.request`` to the power limiter.
@@ -52,7 +56,7 @@ class Action(enum.Enum):
     RELEASE = "release"  # not ours to control: give the limiter back (None = full power)
     HOLD = "hold"  # leave whatever is applied (the inverter is asleep, writes are pointless)
     FULL = "full"  # smoothly towards 100 % (kept as our request: the limiter spaces it)
-    LIMIT = "limit"  # smoothly towards ``Decision.target`` watts
+    LIMIT = "limit"  # ``Decision.target`` watts: down at once while exporting, up smoothly
     SAFE = "safe"  # the safe limit, at once (no smoothing: this is the fail-safe)
 
 
@@ -75,8 +79,10 @@ class LadderSettings:
     band_high: float = -2.0
     out_of_range: float = 200.0  # |C - energy_difference| above this: "out of range"
     safe_limit: float = 0.0  # W requested in fail-safe (clamped to min_percent of rated)
-    smoothing: float = 0.2  # EMA weight of the newest value (1 = no smoothing)
-    deadband: float = 1.0  # percentage points the smoothed value must move before a write
+    target_grid_power: float = 30.0  # W of import kept as margin while limiting (0 = aim at zero)
+    hysteresis: float = 50.0  # W a higher limit must exceed the one in force by before it is asked for
+    smoothing: float = 0.2  # EMA weight of the newest value on the way up (1 = no smoothing)
+    deadband: float = 1.0  # percentage points a new limit must differ by before a write
     min_percent: float = 2.0
     max_percent: float = 100.0
 
@@ -87,6 +93,8 @@ class LadderSettings:
             raise ValueError(f"percent range {self.min_percent}..{self.max_percent} invalid")
         if self.deadband < 0:
             raise ValueError(f"negative deadband {self.deadband}")
+        if self.hysteresis < 0:
+            raise ValueError(f"negative hysteresis {self.hysteresis}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +192,8 @@ def decide(s: Snapshot, cfg: LadderSettings) -> Decision:
     assert s.grid_energy is not None
     offset = s.grid_energy - cfg.energy_difference
     if cfg.band_low < offset < cfg.band_high:
-        return Decision(LIMITING, Action.LIMIT, demand=load, target=load)
+        assert load is not None
+        return Decision(LIMITING, Action.LIMIT, demand=load, target=load - cfg.target_grid_power)
     status = OUT_OF_RANGE if abs(offset) > cfg.out_of_range else NOT_LIMITING
     return Decision(status, Action.FULL, demand=load)
 
@@ -202,15 +211,19 @@ KEEP = _Keep()
 
 @dataclass(slots=True)
 class Shaper:
-    """Watts → smoothed percent of rated power → a limiter request only when it moved.
+    """Watts → percent of rated power → a limiter request only when it moved (see the
+    module docstring: fast down, careful up).
 
-    ``ema`` is the smoothed percent (``None`` after a reset: the next value is taken as is);
-    ``sent`` is the percent last handed to the limiter (``None`` = released).
+    ``ema`` is the smoothed percent on the way up (``None`` after a reset: the next value is
+    taken as is); ``sent`` is the percent last handed to the limiter (``None`` = released);
+    ``fast`` says whether the last request was a reduction while the site exported (the
+    limiter may write it without waiting for its minimum write interval).
     """
 
     ema: float | None = None
     sent: float | None = None
     released: bool = True
+    fast: bool = False
 
     def reset(self) -> None:
         self.ema = None
@@ -241,28 +254,55 @@ class Shaper:
         self.sent, self.released = percent, False
         return percent / 100.0 * rated
 
-    def towards(self, watts: float | None, cfg: LadderSettings, rated: float) -> float | None | _Keep:
-        """Smooth towards ``watts`` (``None`` = full power) and say what to request."""
+    def towards(self, watts: float | None, cfg: LadderSettings, rated: float, *,
+                exporting: bool = False) -> float | None | _Keep:
+        """Say what to request for a need of ``watts`` (``None`` = full power).
+
+        Down while ``exporting``: the needed limit at once (no averaging). Down while
+        importing (the sun, not the limit, set the output, or the load rose less than
+        the margin): smoothed like the way up, nothing is exported meanwhile. Up: the
+        exponential average, requested once it is ``hysteresis`` W above the limit in
+        force; never while exporting (the rise would be export)."""
         target = cfg.max_percent if watts is None else self._clamp(watts / rated * 100.0, cfg)
-        ema = target if self.ema is None else self.ema + cfg.smoothing * (target - self.ema)
-        self.ema = ema
+        current = cfg.max_percent if self.released else self.sent
+        if current is None or self.ema is None:  # a fresh start: the need as it is
+            self.ema = target
+            if current is not None and abs(target - current) <= cfg.deadband:
+                return KEEP
+            return self._send(target, rated, fast=exporting and current is not None and target < current)
+        if exporting and target < current:
+            self.ema = target
+            if current - target <= cfg.deadband:
+                return KEEP
+            return self._send(target, rated, fast=True)
+        if exporting:
+            self.ema = min(self.ema, current)  # no rise stored up while exporting
+            return KEEP
+        ema = self.ema = self.ema + cfg.smoothing * (target - self.ema)
         full = ema >= cfg.max_percent - cfg.deadband and target >= cfg.max_percent
         if full:
             # Close enough: ask for full power outright rather than creep towards it. As a
             # request of ours, not a release: the limiter spaces our writes, while it would
             # write a release at once.
             ema = self.ema = cfg.max_percent
-        current = cfg.max_percent if self.released else self.sent
-        if current is not None and (ema == current or (not full and abs(ema - current) <= cfg.deadband)):
+            return KEEP if current == cfg.max_percent else self._send(ema, rated, fast=False)
+        if ema > current:
+            if (ema - current) * rated / 100.0 <= cfg.hysteresis or ema - current <= cfg.deadband:
+                return KEEP
+        elif current - ema <= cfg.deadband:
             return KEEP
-        self.sent, self.released = ema, False
-        return ema / 100.0 * rated
+        return self._send(ema, rated, fast=False)
+
+    def _send(self, percent: float, rated: float, *, fast: bool) -> float:
+        self.sent, self.released, self.fast = percent, False, fast
+        return percent / 100.0 * rated
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     decision: Decision
     request: float | None | _Keep  # watts, None = release (full power), KEEP = no call
+    fast: bool = False  # a reduction while the site exports: not to be held back by write spacing
 
     @property
     def status(self) -> str:
@@ -297,5 +337,9 @@ class Ladder:
         else:
             assert snapshot.rated_power
             watts = d.target if d.action is Action.LIMIT else None
-            request = shaper.towards(watts, cfg, snapshot.rated_power)
+            # export matters only while limiting: the other rungs want full power regardless
+            exporting = d.action is Action.LIMIT and snapshot.grid_power is not None and snapshot.grid_power < 0
+            shaper.fast = False
+            request = shaper.towards(watts, cfg, snapshot.rated_power, exporting=exporting)
+            return Step(d, request, fast=request is not KEEP and shaper.fast)
         return Step(d, request)
