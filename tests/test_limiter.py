@@ -22,24 +22,39 @@ class Clock:
 
 
 class Rig:
-    """A limiter with a virtual clock; its writes are recorded instead of sent."""
+    """A limiter with a virtual clock; its writes are recorded instead of sent. With
+    ``readback=True`` the inverter's rate register is modelled: a write sets it unless
+    ``refuse`` > 0 (the inverter acknowledges and ignores the command that many times)."""
 
-    def __init__(self, **kw) -> None:  # noqa: ANN003
+    def __init__(self, *, volatile: bool = False, readback: bool = False, **kw) -> None:  # noqa: ANN003
         self.clock = Clock()
         self.written: list[int] = []
         self.wakes = 0
         self.store = ItemStore()
+        self.register = 255
+        self.refuse = 0
+        self.reads = 0
 
         async def write(pct: int) -> None:
             self.written.append(pct)
+            if self.refuse > 0:
+                self.refuse -= 1
+            else:
+                self.register = pct
+
+        async def read() -> int:
+            self.reads += 1
+            return self.register
 
         def wake() -> None:
             self.wakes += 1
 
         kw.setdefault("max_power", 4200.0)
+        if readback:
+            kw["read_rate"] = read
         self.lim = PowerLimiter(write, wake=wake, clock=self.clock, **kw)
         self.lim.add_items(self.store)
-        self.lim.enable()
+        self.lim.enable(volatile=volatile)
 
     async def service(self) -> bool:
         return await self.lim.service(self.clock.t)
@@ -241,10 +256,72 @@ async def test_a_request_inside_the_deadband_leaves_no_deadline_behind() -> None
     assert await rig.service() and rig.written == [30, 31]
 
 
+@pytest.mark.asyncio
+async def test_volatile_limits_a_reduction_during_export_goes_out_at_once() -> None:
+    """Holding 2 = 0: a lower limit while the site exports is not held back by the 2 s
+    spacing (each second of waiting is export); a higher one is."""
+    rig = Rig(volatile=True, min_interval=2.0, deadband=1.0)
+    rig.lim.request(2100, "dyngen")
+    assert await rig.service() and rig.written == [50]
+    rig.clock.t += 0.3
+    rig.lim.request(1260, "dyngen", exporting=True)  # a kettle switched off: 30 %
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t)
+    assert await rig.service() and rig.written == [50, 30]
+    rig.clock.t += 0.2
+    rig.lim.request(1050, "dyngen", exporting=True)  # another drop: 25 %, again at once
+    assert await rig.service() and rig.written == [50, 30, 25]
+    rig.clock.t += 0.2
+    rig.lim.request(2100, "dyngen")  # a rise: spaced
+    assert not await rig.service()
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t - 0.2 + 2.0)
+    rig.lim.request(2100, "dyngen", exporting=True)  # a rise stays spaced whatever the flag says
+    assert not await rig.service()
+    rig.clock.t += 1.8
+    assert await rig.service() and rig.written == [50, 30, 25, 50]
+    rig.clock.t += 0.1
+    rig.lim.request(1050, "dyngen")  # a reduction while importing: spaced like any other write
+    assert not await rig.service()
+
+
+@pytest.mark.asyncio
+async def test_limits_that_may_persist_keep_the_spacing_even_during_export() -> None:
+    rig = Rig(volatile=False, min_interval=2.0, deadband=1.0)
+    rig.lim.request(2100, "dyngen")
+    assert await rig.service()
+    rig.clock.t += 0.3
+    rig.lim.request(1260, "dyngen", exporting=True)
+    assert not await rig.service() and rig.written == [50]
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t - 0.3 + 2.0)
+
+
+@pytest.mark.asyncio
+async def test_every_write_is_read_back_and_a_limit_not_taken_is_sent_again_until_it_is() -> None:
+    rig = Rig(volatile=True, readback=True, min_interval=2.0, deadband=1.0, retry_interval=0.5)
+    rig.lim.request(2100, "dyngen")
+    assert await rig.service() and rig.written == [50] and rig.reads == 1
+    rig.clock.t += 5
+    rig.refuse = 2  # the inverter acknowledges the next two writes and keeps 50 %
+    rig.lim.request(1260, "dyngen", exporting=True)
+    assert await rig.service() and rig.written == [50, 30] and rig.reads == 2
+    assert rig.register == 50
+    # not taken: sent again after the retry interval, not in a burst on the bus
+    assert not await rig.service()
+    assert rig.lim.deadline(rig.clock.t) == pytest.approx(rig.clock.t + 0.5)
+    rig.clock.t += 0.5
+    assert await rig.service() and rig.written == [50, 30, 30] and rig.register == 50
+    rig.clock.t += 0.5
+    assert await rig.service() and rig.written == [50, 30, 30, 30] and rig.register == 30
+    assert rig.reads == 4
+    rig.clock.t += 0.5
+    assert not await rig.service() and rig.lim.deadline(rig.clock.t) > rig.clock.t + 3600  # taken: done
+
+
 # 0.1 % steps of 4200 W, mostly close together (where deadband and rounding disagree), and beyond
 _watts = st.one_of(st.integers(280, 330), st.integers(0, 1100)).map(lambda tenths: tenths * 4.2)
 _steps = st.lists(st.one_of(
     st.tuples(st.just("dyngen"), st.one_of(st.none(), _watts), st.booleans()),
+    st.tuples(st.just("export"), _watts, st.just(False)),
+    st.tuples(st.just("refuse"), st.integers(0, 3), st.just(False)),
     st.tuples(st.just("ess"), st.one_of(st.none(), _watts), st.just(False)),
     st.tuples(st.just("sync"), st.one_of(st.none(), st.integers(0, 255)), st.just(False)),
     st.tuples(st.just("wait"), st.floats(0, 70), st.just(False)),
@@ -259,10 +336,14 @@ def test_after_service_the_deadline_is_never_now(steps) -> None:  # noqa: ANN001
     the device task sleeps until then (a deadline at or before now would spin it)."""
 
     async def run() -> None:
-        rig = Rig(min_interval=2.0, deadband=1.0, ess_timeout=60.0)
+        rig = Rig(min_interval=2.0, deadband=1.0, ess_timeout=60.0, volatile=True, readback=True)
         for kind, value, urgent in steps:
             if kind == "dyngen":
                 rig.lim.request(value, "dyngen", urgent=urgent)
+            elif kind == "export":
+                rig.lim.request(value, "dyngen", exporting=True)
+            elif kind == "refuse":
+                rig.refuse = value
             elif kind == "ess":
                 rig.lim.request(value, "ess")
             elif kind == "sync":

@@ -167,6 +167,14 @@ class DynamicGeneration:
         #: controller is idle); the runtime polls that meter fast if it is one of its own.
         self.on_follow: Callable[[str | None], None] | None = None
         self._following: str | None = None
+        #: Age in seconds of the last successful read of one of this process's own services
+        #: (``None``: not ours). Set by the runtime: our own meter's D-Bus service keeps
+        #: answering with its last value while the device is silent, so for it the read,
+        #: not the service, tells whether the value is fresh.
+        self.read_age: Callable[[str | None], float | None] | None = None
+        self._own_silent = False
+        # the grid reading in hand and the inverter output that was in hand when it arrived
+        self._paired: tuple[float | None, float | None] = (None, None)
         self._apply_settings()
         self.add_items()
 
@@ -266,7 +274,8 @@ class DynamicGeneration:
             woken = self.wake.is_set()
             self.wake.clear()
             ess = bool(self.limiter.ess_active)
-            if woken or ess != self._ess or self.last is None or (self._held and not self._grid_quiet()):
+            if (woken or ess != self._ess or self.last is None or (self._held and not self._grid_quiet())
+                    or self._own_silent != (self._own_meter_fault(self.tracker.view("grid")) is not None)):
                 self.evaluate()
             now = loop.time()
             if now >= next_publish:
@@ -279,6 +288,10 @@ class DynamicGeneration:
         """The ladder's inputs now (stale battery/vebus values arrive as None)."""
         now = self.tracker.clock()
         grid = self.tracker.view("grid", now)
+        own = self._own_meter_fault(grid)
+        self._own_silent = own is not None
+        if own is not None and grid.fault is None:
+            grid = replace(grid, fault=own)
         vebus = self.tracker.view("vebus", now)
         battery = self.tracker.view("battery", now)
         self._views = (grid, vebus, battery)
@@ -287,12 +300,13 @@ class DynamicGeneration:
             rated = _num(getattr(self.limiter, "max_power", None))
         self._ess = bool(self.limiter.ess_active)
         self._held = self._grid_quiet(grid)
+        grid_power = _num(grid.get("/Ac/Power"))
         return L.Snapshot(
             grid_quiet=self._held,
-            grid_power=_num(grid.get("/Ac/Power")),
+            grid_power=grid_power,
             grid_energy=_net_import(grid),
             grid_fault=grid.fault,
-            pv_power=_num(self.store.get("/Ac/Power")) if "/Ac/Power" in self.store else None,
+            pv_power=self._pv_paired_with(grid_power),
             rated_power=rated,
             vebus_power=_num(vebus.get("/Ac/ActiveIn/P")),
             vebus_state=_int(vebus.get("/State")),
@@ -303,6 +317,31 @@ class DynamicGeneration:
             soc=_num(battery.get("/Soc")),
             ess_active=self._ess,
         )
+
+    def _pv_paired_with(self, grid_power: float | None) -> float | None:
+        """The inverter's output to add to this grid reading: the one in hand when the
+        reading arrived, not a newer one.
+
+        Output + grid is the site's need only for readings of the same moment. The output
+        (read in process) is often newer than the grid reading (which crossed the bus and
+        D-Bus); while the output falls after a lower limit, a newer output with an older,
+        still exporting grid reading would ask for less than the site needs, again and
+        again. Paired this way the output is the older of the two: while it falls the need
+        comes out a little high (the next grid reading corrects it), never too low."""
+        pv = _num(self.store.get("/Ac/Power")) if "/Ac/Power" in self.store else None
+        if grid_power is None or pv is None or self._paired[0] != grid_power or self._paired[1] is None:
+            self._paired = (grid_power, pv)
+        return self._paired[1]
+
+    def _own_meter_fault(self, grid: RoleView) -> str | None:
+        """``'silent'`` if the grid meter is one of ours and has not been read successfully
+        for the stale timeout, whatever its D-Bus service still says."""
+        if self.read_age is None or grid.service is None:
+            return None
+        age = self.read_age(grid.service)
+        if age is None or age <= self.tracker.stale_after:
+            return None
+        return "silent"
 
     def _grid_quiet(self, grid: RoleView | None = None) -> bool:
         grid = grid or self.tracker.view("grid")

@@ -11,6 +11,14 @@ object so they never fight and so the inverter is written kindly:
 * ESS writes reach the wire at once (the driver's ``wakeup`` is set on acceptance); the
   controller's are rate-limited: a ``deadband`` in percentage points and at most one write
   per ``min_interval`` seconds, none when the target is unchanged.
+* Spacing follows the risk. Where the limit register is volatile (``enable(volatile=True)``:
+  Growatt holding 2 = 0, a command wears nothing), a controller *reduction while the site
+  exports* (``request(..., exporting=True)``) goes out at once: holding it back for the
+  interval would export for up to 2 s. Increases stay spaced (an overshoot is export).
+  Where commands may persist, every controller write keeps the interval (flash wear).
+* Every write is read back (``read_rate``, when the driver gives one). A limit the inverter
+  did not take is sent again, ``retry_interval`` later, until it is: an unconfirmed limit
+  can leave an inverter wrong for minutes.
 * Nothing is written until somebody asks for a limit: a limiter that was never used leaves
   the inverter's register alone (flash care), and a release only writes when a limit is
   in force.
@@ -50,6 +58,7 @@ P_STATUS = "/Internal/PowerLimiter/Status"
 P_WRITES_PER_HOUR = "/Internal/PowerLimiter/WritesPerHour"
 
 WriteRate = Callable[[int], Awaitable[None]]
+ReadRate = Callable[[], Awaitable[int]]
 
 
 def percent_of(watts: float, max_power: float) -> int:
@@ -77,8 +86,12 @@ class PowerLimiter:
         deadband: float = 1.0,
         name: str = "inverter",
         clock: Callable[[], float] = time.monotonic,
+        read_rate: ReadRate | None = None,
+        retry_interval: float = 0.5,
     ) -> None:
         self._write_rate = write_rate
+        self._read_rate = read_rate
+        self.retry_interval = retry_interval
         self._wake = wake
         self.max_power = max_power
         self.ess_timeout = ess_timeout
@@ -87,6 +100,7 @@ class PowerLimiter:
         self.name = name
         self.clock = clock
         self.enabled: bool | None = None  # None: not yet known (persistence flag unread)
+        self.volatile = False  # limits wear nothing (forgotten at restart): reductions unspaced
         self.reason = "waiting for the inverter's settings"
         self.applied_watts: float | None = None  # what the inverter reports it applies
         self.applied_percent: int | None = None
@@ -102,6 +116,9 @@ class PowerLimiter:
         self._written_exact: float | None = None
         self._last_write = -math.inf
         self._urgent = False  # the pending controller request is a fail-safe: write at once
+        self._exporting = False  # the pending controller request was made while the site exported
+        self._unconfirmed = False  # the last write is not read back yet
+        self._retry_at = -math.inf  # a limit the inverter did not take is sent again from then
         self._writes: deque[float] = deque()
         self.store: ItemStore | None = None
 
@@ -138,7 +155,10 @@ class PowerLimiter:
         return self.request(float(value), ESS)
 
     # -- configuration ---------------------------------------------------------------------------
-    def enable(self) -> None:
+    def enable(self, *, volatile: bool = False) -> None:
+        """Limiting available; ``volatile``: the inverter forgets limits at restart (they
+        wear nothing), so a reduction during export need not wait for the interval."""
+        self.volatile = volatile
         if self.enabled is not True:
             self.enabled = True
             self.reason = "ready"
@@ -160,13 +180,15 @@ class PowerLimiter:
             self._refresh_items()
 
     # -- requests -----------------------------------------------------------------------------------
-    def request(self, watts: float | None, source: str, *, urgent: bool = False) -> bool:
+    def request(self, watts: float | None, source: str, *, urgent: bool = False, exporting: bool = False) -> bool:
         """Ask for a limit in W (None: release to full power). Never blocks; the write
         happens in ``service``. Returns False if limiting is unavailable.
 
         ``urgent`` (the controller's fail-safe) lets the next write skip the deadband and
         the minimum interval once: a safe limit must not wait up to 2 s behind the last
-        ordinary write. It is rare by construction (one per transition into fail-safe)."""
+        ordinary write. It is rare by construction (one per transition into fail-safe).
+        ``exporting``: the controller asks while the site exports; a reduction then skips
+        the minimum interval where limits are volatile."""
         if source not in SOURCES:
             raise ValueError(f"unknown limit source {source!r}")
         if not self.enabled or not self.max_power:
@@ -181,6 +203,7 @@ class PowerLimiter:
         else:
             self._dyngen = watts
             self._urgent = urgent
+            self._exporting = exporting
         self._wake()
         return True
 
@@ -254,6 +277,7 @@ class PowerLimiter:
         """The inverter went offline: what it holds is unknown until read back."""
         self._written = None
         self._written_exact = None
+        self._unconfirmed = False
 
     # -- the writer ---------------------------------------------------------------------------------
     def deadline(self, now: float) -> float:
@@ -267,6 +291,8 @@ class PowerLimiter:
             times.append(self._ess_at + self.ess_timeout)
         if self._held_at is not None and self._held is not None:
             times.append(self._held_at + self.ess_timeout)
+        if self._unconfirmed and self.enabled:
+            times.append(now)  # read the last write back
         due = self._next_write(now)
         if due is not None:
             times.append(due[0])
@@ -282,6 +308,7 @@ class PowerLimiter:
         if old == want or (old is None and want == 100):
             return None
         exact = None
+        earliest = max(now, self._retry_at)
         if self.source == DYNGEN and self._dyngen is not None:
             exact = max(0.0, min(100.0, self._dyngen * 100.0 / self.max_power))
             if not self._urgent:
@@ -290,8 +317,10 @@ class PowerLimiter:
                 ref = self._written_exact if self._written_exact is not None else old
                 if old is not None and abs(exact - ref) <= self.deadband and want != 100:
                     return None
-                return max(now, self._last_write + self.min_interval), want, exact
-        return now, want, exact
+                if self.volatile and self._exporting and old is not None and want < old:
+                    return earliest, want, exact  # less export at once; wears nothing
+                return max(earliest, self._last_write + self.min_interval), want, exact
+        return earliest, want, exact
 
     async def service(self, now: float | None = None) -> bool:
         """Write the rate register if the target changed. Returns True if it wrote.
@@ -307,6 +336,9 @@ class PowerLimiter:
             log.info("%s: nobody renewed the %d%% limit found at start within %.0f s, returning to %s", self.name,
                      self._held, self.ess_timeout, "maximum" if self._dyngen is None else "the controller's limit")
             self._held = None
+        if self._unconfirmed and self.enabled:
+            await self._read_back()
+            now = self.clock()
         source = self.source or "release"
         old = self._written
         due = self._next_write(now)
@@ -314,10 +346,12 @@ class PowerLimiter:
             self._refresh_counters()
             return False  # nothing to write, or ``deadline`` says when to come back
         _, want, exact = due
+        fast = source == DYNGEN and not self._urgent and self.volatile and self._exporting
         await self._write_rate(want)
         self._urgent = False
         self._written = want
         self._written_exact = exact
+        self._unconfirmed = self._read_rate is not None
         # The interval runs from the end of this write, not from ``now`` (taken before the
         # wait for the bus): consecutive writes are then >= min_interval apart on the wire.
         self._last_write = self.clock()
@@ -326,11 +360,29 @@ class PowerLimiter:
             # Published as applied once the write is acknowledged (as dbus-fronius does);
             # the inverter's own read-back (``on_readback``) refines it when it changes.
             self.store.set(P_POWER_LIMIT, want * self.max_power / 100.0)
-        log.info("%s: power limit %s -> %d%% (%.0f W of %.0f W, %s)", self.name,
+        log.info("%s: power limit %s -> %d%% (%.0f W of %.0f W, %s%s)", self.name,
                  "unknown" if old is None else f"{old}%", want, want * self.max_power / 100.0,
-                 self.max_power, source)
+                 self.max_power, source, ", exporting" if fast else "")
         self._refresh_counters()
+        if self._unconfirmed:
+            await self._read_back()
         return True
+
+    async def _read_back(self) -> None:
+        """Read the rate register after a write. A value other than the one written (the
+        inverter ignored or clamped the command) is what is in force; the wanted limit is
+        sent again ``retry_interval`` later. Raises ModbusError (then read again next time)."""
+        assert self._read_rate is not None
+        raw = await self._read_rate()
+        self._unconfirmed = False
+        actual = 100 if raw > 100 else int(raw)
+        if actual != self._written:
+            log.warning("%s: the inverter holds %d%% after a write of %s; sending it again", self.name,
+                        actual, "?" if self._written is None else f"{self._written}%")
+            self._written = actual
+            self._written_exact = None
+            self._retry_at = self.clock() + self.retry_interval
+            self._wake()
 
     def _refresh_counters(self) -> None:
         if self.store is not None:

@@ -7,7 +7,9 @@ Register facts: registers.md section 1 (legacy input block 0-124, holding 0-124,
 * ``/Ac/PowerLimit`` is owned by a ``PowerLimiter`` writing holding 3 (active power rate,
   %); the applied limit is read back from input 101-103. Holding 2 (do commands to 3/4/5
   survive a restart?) is read with the identity: 1 disables limiting (no streaming of
-  writes into the inverter's non-volatile memory); 0 enables it.
+  writes into the inverter's non-volatile memory); 0 enables it, with limits marked
+  volatile (a reduction during export is not held back by the write interval). Every
+  write of holding 3 is read back on the priority lane.
 * G100 export-limit registers (42, 122, 123, 3000) are written only when configured in
   ``DeviceOptions.g100`` and only when the read-back differs.
 * PV strings are published under the fork's ``/Internal/Pv/<n>/...`` (0-based like the
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..control.limiter import PowerLimiter
 from ..errors import ModbusError, ModbusExceptionResponse
+from ..modbus.pdu import READ_HOLDING
 from ..registers import Register, Value
 from .base import Driver, Identity
 from .definition import register_driver
@@ -48,6 +51,7 @@ class GrowattDriver(Driver):
             min_interval=opts.limit_min_interval,
             deadband=opts.limit_deadband,
             name=self.model.name,
+            read_rate=self._read_rate,
         )
         self._g100_checked = False
 
@@ -66,7 +70,7 @@ class GrowattDriver(Driver):
             self.limiter.disable("holding 2 = 1: the inverter keeps power-rate commands in memory; "
                                  "refusing to stream limits into it")
         elif persist == 0:
-            self.limiter.enable()
+            self.limiter.enable(volatile=True)  # forgotten at restart: a limit wears nothing
         self._set_max_power(values.get("pmax"))
         return Identity(
             serial=str(serial),
@@ -115,6 +119,10 @@ class GrowattDriver(Driver):
     # -- writes -----------------------------------------------------------------------------------
     async def _write_rate(self, percent: int) -> None:
         await self.client.write_register(3, percent, timeout=self.timeout, priority=True)
+
+    async def _read_rate(self) -> int:
+        """Holding 3 as the inverter holds it now (the read-back of every limit write)."""
+        return (await self.client.read(READ_HOLDING, 3, 1, timeout=self.timeout, priority=True))[0]
 
     def writes_deadline(self, now: float) -> float:
         own = self.limiter.deadline(now)

@@ -11,13 +11,21 @@ The controller names a D-Bus service, because it finds its meter on D-Bus like a
 consumer (the meter may as well belong to another process; then nothing happens here).
 Device tasks attach under their service name and are told the interval wanted for it
 (``None``: no demand). Several owners may want the same service: the shortest wins.
+
+The same link answers the controller's other question about a meter of ours: when was it
+last read successfully? Over D-Bus our own service keeps answering with the last value
+while the device is failing, so "unchanged" would read as "alive" until the grace period
+ends. A device task attaches with a ``last_read`` function; :meth:`PollDemand.read_age`
+gives the age of that read (``None``: the service is not ours, judge it over D-Bus).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 Listener = Callable[[float | None], None]
+LastRead = Callable[[], float | None]  # time.monotonic() of the last successful read, None: never
 
 
 class PollDemand:
@@ -26,6 +34,7 @@ class PollDemand:
     def __init__(self) -> None:
         self._wants: dict[object, tuple[str, float]] = {}
         self._listeners: dict[str, Listener] = {}
+        self._last_read: dict[str, LastRead] = {}
         self._told: dict[str, float | None] = {}
 
     def want(self, owner: object, service: str | None, interval: float | None = None) -> None:
@@ -43,10 +52,24 @@ class PollDemand:
         wanted = [iv for name, iv in self._wants.values() if name == service]
         return min(wanted) if wanted else None
 
-    def attach(self, service: str, listener: Listener) -> Callable[[], None]:
+    def read_age(self, service: str | None, now: float | None = None) -> float | None:
+        """Seconds since ``service`` (one of ours) was last read successfully; ``inf`` if it
+        never was; ``None`` if the service is not ours."""
+        last_read = self._last_read.get(service) if service else None
+        if last_read is None:
+            return None
+        at = last_read()
+        if at is None:
+            return float("inf")
+        return max(0.0, (time.monotonic() if now is None else now) - at)
+
+    def attach(self, service: str, listener: Listener, last_read: LastRead | None = None) -> Callable[[], None]:
         """Publish ``service`` as ours: ``listener`` hears the wanted interval now and on
-        every change. Returns the detach function (call it before renaming the service)."""
+        every change; ``last_read`` tells when the device last answered. Returns the detach
+        function (call it before renaming the service)."""
         self._listeners[service] = listener
+        if last_read is not None:
+            self._last_read[service] = last_read
         self._told.pop(service, None)
         self._notify(service)
 
@@ -54,6 +77,8 @@ class PollDemand:
             if self._listeners.get(service) is listener:
                 del self._listeners[service]
                 self._told.pop(service, None)
+            if last_read is not None and self._last_read.get(service) is last_read:
+                del self._last_read[service]
 
         return detach
 

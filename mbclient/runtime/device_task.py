@@ -370,7 +370,8 @@ class DeviceTask:
     def _start_controller(self, controller: DynamicGeneration) -> Callable[[], None]:
         """Run the controller beside the poll loop, for as long as the service is published.
         Its failure is logged and never takes the device down (the limit stays as it is).
-        While it steers, the grid meter it follows is polled fast if it is one of ours."""
+        While it steers, the grid meter it follows is polled fast if it is one of ours, and
+        the controller judges that meter's freshness by its last successful read."""
         scope = anyio.CancelScope()
         demand, interval = self.ctx.demand, self.cfg.control_poll
 
@@ -387,6 +388,7 @@ class DeviceTask:
                     demand.want(controller, None)
 
         controller.on_follow = follow
+        controller.read_age = demand.read_age
         self._spawn(run)
         return scope.cancel
 
@@ -400,7 +402,10 @@ class DeviceTask:
                 if interval is not None:
                     self.log.info("a controller follows this device: FAST class every %.2f s", interval)
 
-        self._detach_demand = self.ctx.demand.attach(self.service_name, heard)
+        def last_read() -> float | None:
+            return self.last_ok if self.last_ok > 0 else None
+
+        self._detach_demand = self.ctx.demand.attach(self.service_name, heard, last_read)
 
     def _detach(self) -> None:
         if self._detach_demand is not None:
