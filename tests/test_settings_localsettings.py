@@ -248,3 +248,39 @@ async def test_corrupt_file_is_kept_aside_with_one_warning(dbus_address: str, tm
         assert await call(bus, "/", "GetItems") == {}
     finally:
         await service.stop()
+
+
+async def test_one_bad_record_drops_only_that_record(dbus_address: str, tmp_path, bus, caplog) -> None:
+    """A hand edit that breaks one record must not cost the other 30 (device instances, the
+    zero-export configuration): that record is dropped with one line, the original kept."""
+    path = tmp_path / "settings.json"
+    records = {f"/Settings/Devices/d{n}/ClassAndVrmInstance": {"type": "s", "value": f"grid:{30 + n}", "default": ""}
+               for n in range(28)}
+    records["/Settings/DynamicGeneration/energyDifference"] = {"type": "f", "value": 12.5, "default": 0.0}
+    records["/Settings/DynamicGeneration/derateGeneration"] = {"type": "i", "value": 1, "default": 0}
+    records["/Settings/DynamicGeneration/safeLimit"] = {"type": "i", "value": "a lot", "default": 0}  # the bad one
+    path.write_text(json.dumps({"format": "mbclient-settings", "version": 1, "settings": records}))
+    caplog.set_level(logging.WARNING)
+    service = LocalSettings(path, dbus_address, save_delay=0.01)
+    await service.start()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "dropped 1 bad record" in warnings[0] and "safeLimit" in warnings[0], warnings
+        assert await call(bus, "/Settings/DynamicGeneration/energyDifference", "GetValue") == Variant("d", 12.5)
+        assert await call(bus, "/Settings/DynamicGeneration/derateGeneration", "GetValue") == Variant("i", 1)
+        assert await call(bus, "/Settings/Devices/d27/ClassAndVrmInstance", "GetValue") == Variant("s", "grid:57")
+        assert len(await call(bus, "/", "GetItems")) == 30
+        [aside] = tmp_path.glob("settings.json.corrupt-*")
+        assert json.loads(aside.read_text())["settings"] == records  # the original, for the user
+    finally:
+        await service.stop()
+
+
+async def test_a_read_only_settings_location_fails_at_start(dbus_address: str, tmp_path) -> None:
+    """Not silently on the first write, minutes later: one line at start."""
+    from mbclient.errors import ConfigError
+
+    service = LocalSettings("/proc/mbclient-settings.json", dbus_address)  # no file can be created there
+    with pytest.raises(ConfigError, match=r"^settings location /proc is not writable: "):
+        await service.start()
+    assert service.bus is None

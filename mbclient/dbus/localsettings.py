@@ -198,6 +198,7 @@ class LocalSettings:
             self.file.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the settings directory {self.file.path.parent}: {exc.strerror}") from None
+        self.file.check_writable()
         self.records = {p: Record(**r) for p, r in self.file.load().items()}
         self._tree.structure_changed()
         bus = await connect_bus(self.bus_address)

@@ -87,12 +87,45 @@ class SettingsFile:
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("settings"), dict):
                 raise CorruptSettings("not an mbclient settings file")
-            return {p: _check_record(p, r) for p, r in doc["settings"].items()}
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and CorruptSettings are ValueErrors
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.path, aside)
+            aside = self._aside(copy=False)
             log.warning("settings file %s is unreadable (%s); kept as %s, starting empty", self.path, exc, aside.name)
             return {}
+        # One bad record (a hand edit, a foreign tool) costs that record only: the others
+        # (device instances, the zero-export configuration) must survive it.
+        good: dict[str, dict[str, Any]] = {}
+        bad: list[str] = []
+        for p, r in doc["settings"].items():
+            try:
+                good[p] = _check_record(p, r)
+            except CorruptSettings as exc:
+                bad.append(str(exc))
+        if bad:
+            aside = self._aside(copy=True, raw=raw)
+            log.warning("settings file %s: dropped %d bad record(s) (%s%s); the original is kept as %s",
+                        self.path, len(bad), "; ".join(bad[:3]), ", ..." if len(bad) > 3 else "", aside.name)
+        return good
+
+    def _aside(self, *, copy: bool, raw: bytes = b"") -> Path:
+        """Keep the file as it was next to it (renamed, or copied when it stays in use)."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        if copy:
+            with contextlib.suppress(OSError):
+                aside.write_bytes(raw)
+        else:
+            os.replace(self.path, aside)
+        return aside
+
+    def check_writable(self) -> None:
+        """ConfigError now, rather than a failed save on the first change much later."""
+        directory = self.path.parent
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise ConfigError(f"settings location {directory} is not writable: {exc.strerror}") from None
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
     def save(self, settings: dict[str, dict[str, Any]]) -> None:
         """Write all settings atomically (temp file, fsync, rename, fsync the directory)."""
