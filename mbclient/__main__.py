@@ -1,5 +1,9 @@
 """``python -m mbclient``."""
 
-from .cli import main
+try:
+    from .cli import main
 
-raise SystemExit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C while still importing: a stop like any other, no traceback
+    code = 0
+raise SystemExit(code)

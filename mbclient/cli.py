@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -39,21 +40,25 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):  # inf, nan, 1e400
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _finite_float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return v
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    v = _finite_float(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return v
@@ -267,6 +272,14 @@ def _run_scan(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; Ctrl-C at any moment (imports, a probe, the service) is a clean stop."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

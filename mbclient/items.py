@@ -12,8 +12,9 @@ ints, floats stay floats, strings stay strings. Lists of str/int/float are allow
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,7 @@ class ItemStore:
 
     items: dict[str, Item] = field(default_factory=dict)
     _dirty: dict[str, Item] = field(default_factory=dict, repr=False)
+    _held: int = field(default=0, repr=False)
     _listeners: list[Listener] = field(default_factory=list, repr=False)
     _structure_listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -197,13 +199,23 @@ class ItemStore:
         self.set(path, value)
 
     def flush(self) -> dict[str, Item]:
-        """Publish everything changed since the last flush as one batch."""
-        if not self._dirty:
+        """Publish everything changed since the last flush as one batch (none while held)."""
+        if not self._dirty or self._held:
             return {}
         batch, self._dirty = self._dirty, {}
         for cb in self._listeners:
             cb(batch)
         return batch
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Flushes wait until the block ends: a read that may still fail half-way (a device
+        probed while /Connected = 0) reaches consumers whole, with its state, or not at all."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(changed_items)`` on every non-empty flush. Returns an unsubscribe."""

@@ -13,14 +13,16 @@ install); when stdout is not a terminal it prints one compact line per service e
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -332,3 +334,67 @@ class LiveView:
             if self.tty:
                 self.out.write("\x1b[?25h")  # the cursor comes back whatever happened
                 self.out.flush()
+
+
+# -- python -m mbclient.liveview ---------------------------------------------------------------------
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        from .errors import ConfigError
+
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(
+        prog="python -m mbclient.liveview",
+        description="Watch the com.victronenergy.* device services on D-Bus, read the way the GX GUI reads them.",
+    )
+    p.add_argument("--dbus", metavar="ADDRESS", help="D-Bus address (default: session bus if "
+                   "DBUS_SESSION_BUS_ADDRESS is set, else the system bus)")
+    p.add_argument("--plain", action="store_true", help="print lines instead of redrawing the terminal")
+    p.add_argument("--interval", type=float, default=None, metavar="S",
+                   help="seconds between redraws (default 0.25 on a terminal, else 1)")
+    p.add_argument("--seconds", type=float, default=0.0, metavar="N", help="stop after N seconds (default: Ctrl-C)")
+    return p
+
+
+async def _watch(args: argparse.Namespace) -> None:
+    from .dbus.bus import connect_bus  # late: --help needs no D-Bus
+
+    bus = await connect_bus(args.dbus)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.seconds:
+        loop.call_later(args.seconds, stop.set)
+    mirror = BusMirror(bus)
+    try:
+        await mirror.start()
+        tty = sys.stdout.isatty() and not args.plain
+        await LiveView(mirror, interval=args.interval, tty=tty).run(stop)
+    finally:
+        await mirror.stop()
+        bus.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import ConfigError
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.interval is not None and not (math.isfinite(args.interval) and args.interval > 0):
+            raise ConfigError(f"--interval {args.interval:g}: must be a positive number of seconds")
+        if not (math.isfinite(args.seconds) and args.seconds >= 0):
+            raise ConfigError(f"--seconds {args.seconds:g}: must not be negative")
+        asyncio.run(_watch(args))
+    except ConfigError as exc:  # the bus is unreachable: one line
+        print(f"liveview: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

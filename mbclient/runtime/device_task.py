@@ -26,6 +26,7 @@ starts over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -596,13 +597,27 @@ class DeviceTask:
                 self.health.refresh.mark(now)
 
     async def _probe(self, now: float) -> None:
-        """A FAILING/ASLEEP probe: one transaction; a full poll only once it answers."""
+        """A FAILING/ASLEEP probe: one transaction; a full poll only once it answers.
+
+        While asleep, /Connected is 0 and live values are invalid; the poll's values are
+        held back until it completes and /Connected = 1 goes out with them. A poll that
+        fails half-way (the device falls silent again) withdraws what it read before
+        anyone saw it."""
         await self._liveness_probe(self.probe_timeout)
         if self.never_answered:
             await self._confirm_identity()
         now = time.monotonic()
-        await self.driver.poll(now)
-        self._ok(now)
+        store, asleep = self.store, self.state is DeviceState.ASLEEP
+        with store.held() if asleep else contextlib.nullcontext():
+            try:
+                await self.driver.poll(now)
+            except ModbusExceptionResponse:
+                raise  # it answered, so it is awake: the poll loop marks it online as read
+            except ModbusError:
+                if asleep:
+                    self.driver.go_offline()
+                raise
+            self._ok(now)
         self.health.refresh.mark(now)
 
     async def _confirm_identity(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 
 from ..errors import ConfigError
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--battery", action="store_true", help="add a battery that charges from surplus")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.dir is not None and not os.path.isdir(args.dir):
+        raise ConfigError(f"--dir {args.dir}: no such directory")
     if args.baud <= 0:
         raise ConfigError(f"--baud {args.baud}: must be a positive number")
     if args.time_scale <= 0:
@@ -88,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mbclient.sim: {exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(run(args))
+    except KeyboardInterrupt:
+        pass
+    except (OSError, ConfigError) as exc:  # a port in use, a directory we cannot write: one line
+        print(f"mbclient.sim: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
