@@ -1,0 +1,109 @@
+"""What a new user runs into first: every mistake is one line and an exit status, never a
+traceback; Ctrl-C is a clean stop at any moment; the tools the README names run."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import pytest
+from test_cli_run import ROOT, finish, running_cli, start_cli
+from test_runtime_support import Observer, site_on_pty, spec_for
+
+pytestmark = pytest.mark.asyncio
+METER = "com.victronenergy.grid.eastron_23000123"
+
+
+async def run_module(*args: str, timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    return await finish(proc, timeout)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-inf"])
+async def test_numbers_that_are_not_finite_are_one_line(value: str) -> None:
+    for flag in ("--max-rss", "--grace", "--stall-timeout", "--backoff-cap"):
+        code, _out, err = await run_module("mbclient", flag, value, "-F", "tcp:127.0.0.1:1502:1:sdm230")
+        assert code == 2, (flag, err)
+        assert err.startswith("mbclient: ") and len(err.splitlines()) == 1, (flag, err)
+
+
+@pytest.mark.timeout(120)
+async def test_ctrl_c_in_the_first_second_is_a_clean_stop(dbus_address: str, tmp_path) -> None:
+    """Whatever mbclient is doing (importing, connecting, claiming settings, publishing)."""
+    async with site_on_pty(tmp_path) as (_site, port):
+        for delay in (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
+            proc = await start_cli("-F", str(spec_for(port.path, 2, "sdm230")), "--dbus", dbus_address,
+                                   "--settings", str(tmp_path / "settings.json"))
+            await asyncio.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            code, _out, err = await finish(proc)
+            assert "Traceback" not in err, (delay, err)
+            assert code == 0, (delay, code, err)
+
+
+@pytest.mark.timeout(60)
+async def test_ctrl_c_during_a_probe_is_a_clean_stop(tmp_path) -> None:
+    """A probe of a unit that never answers (a TCP peer that accepts and stays silent)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        port = silent.getsockname()[1]
+        for delay in (0.15, 0.4, 0.8):
+            proc = await start_cli("-P", f"tcp:127.0.0.1:{port}:1")
+            await asyncio.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            code, out, err = await finish(proc)
+            assert "Traceback" not in err, (delay, err)
+            assert code == 0, (delay, code, err)
+    finally:
+        silent.close()
+
+
+async def test_a_read_only_settings_location_is_one_line_at_start(dbus_address: str) -> None:
+    code, _out, err = await run_module("mbclient", "-F", "tcp:127.0.0.1:1502:1:sdm230", "--dbus", dbus_address,
+                                       "--settings", "/proc/mbclient-settings.json")
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ERROR")]
+    assert len(errors) == 1 and "settings location /proc is not writable" in errors[0], err
+
+
+async def test_simulator_mistakes_are_one_line(tmp_path) -> None:
+    code, _out, err = await run_module("mbclient.sim", "--dir", str(tmp_path / "missing"))
+    assert code == 2 and err.startswith("mbclient.sim: ") and len(err.splitlines()) == 1, err
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        code, _out, err = await run_module("mbclient.sim", "--dir", str(tmp_path), "--tcp", str(taken.getsockname()[1]))
+    finally:
+        taken.close()
+    assert code == 2, err
+    assert err.startswith("mbclient.sim: ") and "address already in use" in err and len(err.splitlines()) == 1, err
+
+
+async def test_liveview_runs_as_the_readme_says(dbus_address: str, tmp_path) -> None:
+    code, out, err = await run_module("mbclient.liveview", "--help")
+    assert code == 0 and "usage: python -m mbclient.liveview" in out and "--dbus" in out, err
+    code, _out, err = await run_module("mbclient.liveview", "--dbus", f"unix:path={tmp_path}/no-bus")
+    assert code == 2 and err.startswith("liveview: cannot connect") and len(err.splitlines()) == 1, err
+
+    async with site_on_pty(tmp_path) as (_site, port):
+        async with running_cli("-F", str(spec_for(port.path, 2, "sdm230")), "--dbus", dbus_address,
+                               "--settings", str(tmp_path / "settings.json")) as mb:
+            observer = await Observer.connect(dbus_address)
+            try:
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1, timeout=20)
+            finally:
+                observer.close()
+            code, out, err = await run_module("mbclient.liveview", "--dbus", dbus_address, "--plain", "--seconds", "2")
+            mb.send_signal(signal.SIGTERM)
+            await finish(mb)
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if "eastron_23000123" in ln]
+    assert lines and "W" in lines[-1], out
