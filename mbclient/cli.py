@@ -152,6 +152,9 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         specs.extend(parse_specs(text))
     for spec in specs:
         _check_known_model(spec)
+    from .runtime.supervisor import check_no_conflicts  # late: --help must not need the runtime
+
+    check_no_conflicts(specs)
     port_name = "tcp"
     if args.serial is not None:
         if not args.serial.strip():

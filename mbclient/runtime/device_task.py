@@ -43,7 +43,15 @@ from ..dbus.service import ServiceExport
 from ..dbus.settings import ClassAndInstance, Setting, SettingsClient, device_setting, mirror_setting
 from ..control.dyngen import DynamicGeneration
 from ..dbus.vreglink import attach_vreglink
-from ..errors import ConfigError, FrameError, LinkDown, ModbusError, ModbusExceptionResponse, ModbusTimeout
+from ..errors import (
+    ConfigError,
+    FrameError,
+    LinkDown,
+    MbclientError,
+    ModbusError,
+    ModbusExceptionResponse,
+    ModbusTimeout,
+)
 from ..items import ItemStore
 from ..spec import DeviceSpec
 from ..transports.base import UnitClient
@@ -66,6 +74,11 @@ class DeviceState(enum.Enum):
 
 class DeviceReplaced(Exception):
     """Another device answers at this address: start the lifecycle over."""
+
+
+class DuplicateDevice(MbclientError):
+    """Two configured specs reach the same device (a host alias, an RTU gateway): it runs
+    once, through the spec that published it first; the other waits for a change."""
 
 
 class _Log(logging.LoggerAdapter):
@@ -95,6 +108,16 @@ class RuntimeContext:
     settings: SettingsClient
     options_factory: Callable[[DeviceSpec], devices.DeviceOptions] | None = None
     demand: PollDemand = field(default_factory=PollDemand)
+    claims: dict[str, DeviceSpec] = field(default_factory=dict)  # device ident -> spec publishing it
+
+    def claim(self, ident: str, spec: DeviceSpec) -> DeviceSpec | None:
+        """Reserve ``ident`` for ``spec``; the spec that holds it already, if another."""
+        holder = self.claims.setdefault(ident, spec)
+        return None if holder is spec else holder
+
+    def release(self, ident: str, spec: DeviceSpec) -> None:
+        if self.claims.get(ident) is spec:
+            del self.claims[ident]
 
     def options(self, spec: DeviceSpec) -> devices.DeviceOptions:
         opts = self.options_factory(spec) if self.options_factory else None
@@ -316,7 +339,12 @@ class DeviceTask:
         """Register settings, build the store, export it under its service name."""
         model, known, store, settings = self.model, self.known, self.store, self.settings
         assert model is not None and known is not None and store is not None
-        self.ident = model.ident(known.serial)
+        ident = model.ident(known.serial)
+        holder = self.ctx.claim(ident, self.spec)
+        if holder is not None:
+            raise DuplicateDevice(f"{self.spec} and {holder} are the same device ({model.name} serial "
+                                  f"{known.serial}): it runs once, through {holder}; remove one of the two")
+        self.ident = ident
         ci = await settings.claim_device(self.ident, model.default_role, model.device_instance)
         if ci.role not in model.allowed_roles:  # a role this model cannot take (edited by hand)
             self.log.warning("stored role %r not allowed for %s; using %s", ci.role, model.name, model.default_role)
@@ -455,6 +483,8 @@ class DeviceTask:
                 await export.stop()
             except Exception as exc:  # noqa: BLE001 - the bus may already be gone at shutdown
                 self.log.debug("stopping service: %s", exc)
+        if self.ident:
+            self.ctx.release(self.ident, self.spec)
 
     # ------------------------------------------------------------------------------- roles
     def _set_driver_role(self, role: str) -> None:

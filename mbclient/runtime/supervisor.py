@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -29,7 +29,7 @@ from ..spec import DeviceSpec, parse_spec
 from ..transports import LinkPool
 from .backoff import Backoff
 from .config import RuntimeConfig
-from .device_task import DeviceTask, RuntimeContext
+from .device_task import DeviceTask, DuplicateDevice, RuntimeContext
 from .identity import setting_element
 from .watchdog import EXIT_RSS, LoopStallWatchdog, RssCeilingExceeded, RssWatchdog
 
@@ -70,20 +70,49 @@ def parse_device_list(text: Any) -> tuple[list[DeviceSpec], list[str]]:
 
 
 def unit_key(spec: DeviceSpec) -> tuple[Any, ...]:
-    """One task per device: same link, address and device index means same device."""
-    return (*spec.link_key, spec.unit, spec.index)
+    """One task per device: the same port (whatever baud or framing is written) or the
+    same host and port (any letter case), the same unit address and device index."""
+    if spec.is_serial:
+        return ("serial", spec.device_path, spec.unit, spec.index)
+    return (spec.method, spec.target.lower(), spec.rate, spec.unit, spec.index)
 
 
-def merge_specs(*lists: Iterable[DeviceSpec]) -> dict[tuple[Any, ...], DeviceSpec]:
-    """Union by unit; a spec naming its model wins over one that does not."""
+def _refines(general: DeviceSpec, specific: DeviceSpec) -> bool:
+    """``specific`` is ``general`` (for the same unit key), perhaps with a model named."""
+    return general.model in (None, specific.model) and replace(general, model=specific.model,
+                                                                target=specific.target) == specific
+
+
+def same_address(a: DeviceSpec, b: DeviceSpec) -> str:
+    """One line for two specs that name the same unit differently."""
+    where = f"unit {a.unit} on {a.device_path}" if a.is_serial else f"unit {a.unit} at {a.target}:{a.rate}"
+    return f"{a} and {b} name the same address ({where}); give it once"
+
+
+def merge_specs(
+    *lists: Iterable[DeviceSpec], on_conflict: Callable[[DeviceSpec, DeviceSpec], None] | None = None,
+) -> dict[tuple[Any, ...], DeviceSpec]:
+    """Union by unit; a spec naming its model wins over the same spec without one. Two
+    different specs for one address (another model, baud or framing) are a conflict:
+    the first stays, ``on_conflict(kept, dropped)`` is told."""
     out: dict[tuple[Any, ...], DeviceSpec] = {}
     for specs in lists:
         for spec in specs:
             key = unit_key(spec)
             have = out.get(key)
-            if have is None or (have.model is None and spec.model is not None):
+            if have is None or (have.model is None and spec.model is not None and _refines(have, spec)):
                 out[key] = spec
+            elif not _refines(spec, have) and not _refines(have, spec) and on_conflict is not None:
+                on_conflict(have, spec)
     return out
+
+
+def check_no_conflicts(specs: Iterable[DeviceSpec]) -> None:
+    """ConfigError (one line naming both) if two specs name the same address."""
+    def conflict(kept: DeviceSpec, dropped: DeviceSpec) -> None:
+        raise ConfigError(same_address(kept, dropped))
+
+    merge_specs(specs, on_conflict=conflict)
 
 
 @dataclass
@@ -118,6 +147,7 @@ class Supervisor:
         self._tg: anyio.abc.TaskGroup | None = None
         self.rss: RssWatchdog | None = None
         self.ready = anyio.Event()
+        self._conflicts_told: set[str] = set()
 
     # ------------------------------------------------------------------------ public view
     def device(self, spec: DeviceSpec | str) -> DeviceTask | None:
@@ -190,7 +220,7 @@ class Supervisor:
 
     def reconcile(self) -> None:
         """Start tasks for new devices, stop those no longer configured."""
-        wanted = merge_specs(self.config.force_devices, self.saved, *self.sources.values())
+        wanted = merge_specs(self.config.force_devices, self.saved, *self.sources.values(), on_conflict=self._conflict)
         stopping: dict[tuple[Any, ...], _Running] = {}
         for key, r in list(self.running.items()):
             if wanted.get(key) != r.spec:
@@ -200,6 +230,12 @@ class Supervisor:
         for key, spec in wanted.items():
             if key not in self.running:
                 self._start(key, spec, after=stopping.get(key))
+
+    def _conflict(self, kept: DeviceSpec, dropped: DeviceSpec) -> None:
+        line = same_address(kept, dropped)
+        if line not in self._conflicts_told:  # once, not at every change of the setting
+            self._conflicts_told.add(line)
+            log.error("%s: %s is ignored", line, dropped)
 
     def _start(self, key: tuple[Any, ...], spec: DeviceSpec, after: _Running | None = None) -> None:
         assert self._tg is not None
@@ -221,6 +257,13 @@ class Supervisor:
                     try:
                         await r.task.run()
                         return
+                    except DuplicateDevice as exc:
+                        if self.config.exit_on_error:
+                            log.error("[%s] %s: exiting (-x)", r.spec, exc)
+                            raise FatalDeviceError(f"{r.spec}: {exc}") from exc
+                        # Not a failure to retry: it waits until the configuration changes.
+                        log.error("[%s] %s", r.spec, exc)
+                        await anyio.sleep_forever()
                     except Exception as exc:
                         if self.config.exit_on_error:
                             log.error("[%s] %s: exiting (-x)", r.spec, exc)
