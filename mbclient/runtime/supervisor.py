@@ -220,7 +220,8 @@ class Supervisor:
 
     def reconcile(self) -> None:
         """Start tasks for new devices, stop those no longer configured."""
-        wanted = merge_specs(self.config.force_devices, self.saved, *self.sources.values(), on_conflict=self._conflict)
+        wanted = merge_specs(self.config.force_devices, self.saved, *self.sources.values(),
+                             on_conflict=self._conflict)
         stopping: dict[tuple[Any, ...], _Running] = {}
         for key, r in list(self.running.items()):
             if wanted.get(key) != r.spec:
