@@ -79,7 +79,7 @@ DERIVED_KEYS = {"path", "fn", "inputs", "unit", "precision", "kind", "cumulative
 WRITE_KEYS = {"min", "max", "choices", "to", "readback"}
 FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "driver", "default_role", "roles", "device_instance",
                "transports", "units", "rates", "tcp_port", "table", "timeout", "meter", "rules", "quirks", "identify",
-               "identity", "registers", "model"}
+               "identity", "registers", "model", "devices"}
 MODEL_KEYS = {"name", "product", "product_id", "phases", "registers", "match", "match_range", "match_prefix",
               "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver"}
 IDENTIFY_KEYS = {"table", "at", "type", "count", "order", "require", "fallback"}
@@ -328,6 +328,9 @@ class _Loader:
         min_timeout = float(self._get(timeout, "min", float, "timeout", 0.3, "timeout"))
         initial_timeout = float(self._get(timeout, "initial", float, "timeout", 1.0, "timeout"))
         is_meter = self._get(doc, "meter", bool, "", True)
+        devices = self._get(doc, "devices", int, "", 1)  # devices behind one unit (spec <model>@<n>)
+        if not 1 <= devices <= 32:
+            raise self.fail("devices", f"{devices} is not 1..32", "devices")
         rules = self._rules(doc.get("rules", {}), "rules", "[rules]")
         quirks = self._quirks(doc.get("quirks", {}))
 
@@ -348,7 +351,7 @@ class _Loader:
                 manufacturer=manufacturer, vendor=vendor, default_role=default_role, allowed_roles=roles,
                 device_instance=instance, identity=identity, min_timeout=min_timeout, initial_timeout=initial_timeout,
                 is_meter=is_meter, transports=transports, default_units=units, rates=rates, tcp_port=tcp_port,
-                quirks=quirks, source=self.src.path), rules))
+                quirks=quirks, source=self.src.path, max_devices=devices), rules))
         names = [m.name for m in models]
         for n in names:
             if names.count(n) > 1:
