@@ -480,7 +480,8 @@ class SunSpecDriver(Driver):
             opts = self.options
             self.limiter = PowerLimiter(self._write_rate, wake=self.wakeup.set, max_power=opts.max_power,
                                         ess_timeout=opts.power_limit_timeout, min_interval=opts.limit_min_interval,
-                                        deadband=opts.limit_deadband, name=self.model.name)
+                                        deadband=opts.limit_deadband, name=self.model.name,
+                                        read_rate=self._read_rate)
 
     # -- identification ------------------------------------------------------------------------
     async def read_identity(self) -> Identity:
@@ -590,7 +591,10 @@ class SunSpecDriver(Driver):
         elif not self.limiter.max_power:
             self.limiter.disable("rated power unknown (no model 120/702): set the max_power option")
         else:
-            self.limiter.enable()
+            # A limit with a revert timer lives in the inverter's working memory (SunSpec
+            # 123/704 as Fronius and the 700-series use it): reductions need no spacing.
+            # SMA-like devices (enable flag preset) are treated as keeping what they get.
+            self.limiter.enable(volatile=self.vendor.limit_enable == "write")
 
     def _set_max_power(self, watts: float | None) -> None:
         watts = self.options.max_power or (watts if watts and watts > 0 else None)
@@ -744,10 +748,8 @@ class SunSpecDriver(Driver):
     async def service_device(self, now: float) -> None:
         if self.limiter is None:
             return
-        wrote = await self.limiter.service(now)
-        if wrote:
-            await self._read_back()
-            return
+        if await self.limiter.service(now):
+            return  # the limiter read the write back (``_read_rate``)
         pct = self._limit_written
         if (pct is not None and self.vendor.limit_enable != "preset"
                 and time.monotonic() - self._limit_refreshed >= REFRESH_SECONDS):
@@ -756,11 +758,12 @@ class SunSpecDriver(Driver):
             await self._write_rate(pct)
             self.log.debug("%s: renewed the %d%% limit before its revert timer", self.model.name, pct)
 
-    async def _read_back(self) -> None:
-        """Read the limit registers back at once (the limiter compares with what it wrote)."""
+    async def _read_rate(self) -> int:
+        """The limit in force as read back (percent; 100 when the enable flag is off), for
+        the limiter after every write. The read also refreshes the published read-backs."""
         lm = self._limit_model
         if lm is None or self.table is None:
-            return
+            raise ModbusError("no limit model")
         layout = DEFS.layouts[lm.id]
         first = min(p.offset for p in layout.points.values())
         last = max(p.offset + p.words for p in layout.points.values())
@@ -773,6 +776,12 @@ class SunSpecDriver(Driver):
                 decoded[reg] = reg.decode(regs[off:off + reg.words])
         self._apply(decoded)
         self.store.flush()
+        pct = self._scaled_value(lm, "WMaxLimPct")
+        ena_name = self.table.value_name(lm, "WMaxLim_Ena" if lm.id == 123 else "WMaxLimPctEna")
+        ena = self.values.get(ena_name) if ena_name else None
+        if pct is None or ena != 1:
+            return 100
+        return int(min(round(pct), 100))
 
     async def release(self) -> None:
         """On stop: give the inverter its full power back (the revert timer would too)."""
