@@ -209,6 +209,64 @@ class Model:
         return role
 
 
+class Wakeup:
+    """``driver.wakeup``: an ``asyncio.Event`` (``set``/``clear``/``is_set``/``wait``) that
+    can also wait until a deadline and tells a hook when it is set.
+
+    ``wait_until`` replaces a timeout wrapped around ``Event.wait`` (a cancel scope, a timer
+    and a cancellation on every idle wait of every device task) with one future and one
+    timer; ``on_set`` lets a poll in flight queue a write the instant it is accepted."""
+
+    __slots__ = ("_flag", "_waiters", "on_set")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self.on_set: Callable[[], Any] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self.on_set is not None:
+            self.on_set()
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> bool:
+        return await self.wait_until(math.inf)
+
+    async def wait_until(self, deadline: float) -> bool:
+        """Until set or ``time.monotonic()`` reaches ``deadline``; True if set."""
+        if self._flag:
+            return True
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        handle = None
+        if deadline != math.inf:
+            handle = loop.call_at(loop.time() + (deadline - time.monotonic()), _resolve, fut)
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            self._waiters.remove(fut)
+            if handle is not None:
+                handle.cancel()
+        return self._flag
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 # --- the generic driver ------------------------------------------------------------------------
 
 
@@ -229,7 +287,7 @@ class Driver:
         self.values: dict[str, Value] = {}  # every decoded register and derived value by name
         #: Set when ``service_writes`` has work (a remote write was accepted, a limit
         #: requested). The device task awaits it next to its poll deadline.
-        self.wakeup = asyncio.Event()
+        self.wakeup = Wakeup()
         self._writing = asyncio.Lock()  # service_writes also runs from inside poll
         self.log = log
         self._pending: dict[str, tuple[Register, Value]] = {}
@@ -542,26 +600,36 @@ class Driver:
     async def _read_serving_writes(self, block: Block, now: float) -> list[int]:
         """Read ``block``; a write accepted meanwhile (``wakeup``) is queued at once, on
         the link's priority lane, so it reaches the wire right after the transaction in
-        flight - not after the rest of this poll."""
-        if self.wakeup.is_set():
+        flight - not after the rest of this poll.
+
+        The read runs in the caller's task; only a wakeup during the read starts a task
+        (the writer). A read costs no extra task, future or event-loop turn of its own."""
+        wakeup = self.wakeup
+        if wakeup.is_set():
             await self.service_writes(now)
-        read = asyncio.ensure_future(self._read_block(block))
+        writer: asyncio.Future[None] | None = None
+
+        def start_writer() -> None:
+            nonlocal writer
+            if writer is None:
+                writer = asyncio.ensure_future(self.service_writes(now))
+
+        wakeup.on_set = start_writer
         try:
-            while True:
-                woken = asyncio.ensure_future(self.wakeup.wait())
-                try:
-                    await asyncio.wait((read, woken), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    woken.cancel()
-                if read.done():
-                    return read.result()
-                await self.service_writes(now)
-        finally:
-            if not read.done():
-                read.cancel()  # the link leaves the line clean for the next caller
-                await asyncio.wait((read,))  # our own cancellation still propagates
-            if not read.cancelled():
-                read.exception()  # mark it retrieved (it was raised above or superseded)
+            regs = await self._read_block(block)
+        except BaseException as exc:
+            wakeup.on_set = None
+            if writer is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    writer.cancel()
+                await asyncio.wait((writer,))  # our own cancellation still propagates
+                if not writer.cancelled():
+                    writer.exception()  # retrieved: the read's error is the one raised
+            raise
+        wakeup.on_set = None
+        if writer is not None:
+            await writer  # its failure is the poll's (the write stays pending)
+        return regs
 
     def _exponent(self, reg: Register) -> int | None:
         if reg.scale_ref is None:

@@ -65,6 +65,10 @@ from .identity import KnownIdentity, identity_from_settings, identity_to_setting
 log = logging.getLogger("mbclient.device")
 
 
+#: Pause between two cycles that are due at once yet send nothing (see ``_poll_loop``).
+SPIN_PAUSE = 0.05
+
+
 class DeviceState(enum.Enum):
     STARTING = "starting"  # not yet identified in this run, not published
     ONLINE = "online"
@@ -161,6 +165,7 @@ class DeviceTask:
         self._exceptions_seen: set[tuple[int, int]] = set()
         self.dyngen: DynamicGeneration | None = None
         self._detach_demand: Callable[[], None] | None = None
+        self._spin_warned = False
 
     @property
     def service_name(self) -> str:
@@ -612,8 +617,7 @@ class DeviceTask:
         if self.state is not DeviceState.ONLINE:
             await anyio.sleep(delay)  # writes wait for the device to answer again
             return
-        with anyio.move_on_after(delay):
-            await wakeup.wait()
+        await wakeup.wait_until(until)  # one timer, no cancel scope: this runs on every idle wait
 
     async def _poll_once(self, now: float) -> None:
         """An ONLINE cycle: pending writes first (priority lane), then what is due."""
@@ -666,8 +670,11 @@ class DeviceTask:
             await self._remember()
 
     async def _poll_loop(self) -> None:
+        stats = self.link.stats(self.spec.unit)
+        idle_turns = 0  # consecutive cycles that sent nothing yet found their deadline passed
         while True:
             now = time.monotonic()
+            sent = stats.transactions + stats.timeouts + stats.frame_errors
             refused = False
             try:
                 if self.state is DeviceState.ONLINE:
@@ -698,4 +705,16 @@ class DeviceTask:
                 until = min(until, now + self.cfg.stats_interval)
             if refused:  # whatever was refused is still due: do not ask again at once
                 until = max(until, now + self.cfg.refused_pause)
+            if until <= now and stats.transactions + stats.timeouts + stats.frame_errors == sent:
+                # Due now, yet this cycle had nothing to send: a deadline that nothing
+                # services (a bug) would turn the loop into a busy wait taking a whole core.
+                idle_turns += 1
+                if idle_turns > 1:
+                    if not self._spin_warned:
+                        self._spin_warned = True
+                        self.log.warning("a deadline in the past that nothing services; "
+                                         "pausing %.2f s between cycles until it is gone", SPIN_PAUSE)
+                    until = now + SPIN_PAUSE
+            else:
+                idle_turns = 0
             await self._wait(until)
