@@ -270,3 +270,119 @@ async def test_serial_starter_cycle_keeps_running_when_the_scan_finds_a_device(d
             assert code == 0, err
         finally:
             obs.close()
+
+
+@contextlib.asynccontextmanager
+async def mdns_responder(name: str, host: str, port: int) -> AsyncIterator[Any]:
+    """A real mDNS responder (zeroconf) on the loopback interface only, announcing a
+    Victron energy meter the way the meter itself does."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo("_victron-energy-meter._udp.local.", f"{name}._victron-energy-meter._udp.local.",
+                            addresses=[socket.inet_aton(host)], port=port, server=f"{name}.local.")
+    await zc.async_register_service(info, strict=False)
+    try:
+        yield zc, info
+    finally:
+        with contextlib.suppress(Exception):
+            await zc.async_unregister_service(info)
+        await zc.async_close()
+
+
+async def items_changed_listener(obs: Observer, sender: str) -> list[dict[str, Any]]:
+    """Collect ItemsChanged bodies of ``sender`` (a unique or well-known name)."""
+    from mbclient.dbus.bus import call_dbus
+
+    signals: list[dict[str, Any]] = []
+    unique = (await call_dbus(obs.bus, "GetNameOwner", "s", [sender]))[0]
+
+    def on_message(msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == "ItemsChanged" and msg.sender == unique:
+            signals.append({k: variants.unwrap_published(v["Value"]) for k, v in msg.body[0].items()})
+
+    obs.bus.add_message_handler(on_message)
+    await call_dbus(obs.bus, "AddMatch", "s", [f"type='signal',sender='{sender}',member='ItemsChanged'"])
+    return signals
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_mdns_discovered_meter_is_listed_and_switched_by_the_gui(dbus_address: str, tmp_path) -> None:
+    from mbclient.sim import serve_udp
+    from mbclient.sim.vreg import VictronMeterSim
+
+    host = "127.77.5.2"
+    meter = VictronMeterSim(serial="HQ2299ZZZ01")
+    async with serve_udp(meter, host=host, port=0) as server, \
+            mdns_responder("VM-3P75CT HQ2299ZZZ01", host, server.port) as (_zc, info):
+        obs = await Observer.connect(dbus_address)
+        try:
+            cfg = net_config(dbus_address, tmp_path, 502, mdns=True, mdns_interfaces=("127.0.0.1",))
+            async with running_supervisor(cfg) as sup:
+                await obs.wait_name(TCP_MGMT)
+                changes = await items_changed_listener(obs, TCP_MGMT)
+                base = "/Devices/ve_HQ2299ZZZ01"
+                await obs.wait_for(TCP_MGMT, f"{base}/Enabled", lambda v: v == 0, timeout=20)
+                raw = await raw_value(obs, TCP_MGMT, f"{base}/Enabled")
+                assert raw.signature == "i"  # gui-v2 compares with === 1
+                assert await obs.get(TCP_MGMT, f"{base}/Serial") == "HQ2299ZZZ01"
+                assert "VM-3P75CT" in await obs.get(TCP_MGMT, f"{base}/Name")
+                added = [c for c in changes if f"{base}/Enabled" in c]
+                assert added and set(added[0]) >= {f"{base}/Enabled", f"{base}/Name", f"{base}/Serial"}
+                # never written to the Devices list, and not running while disabled
+                assert await obs.get(SETTINGS, DEVICES) == ""
+                assert await obs.get(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ01/Enabled") == 0
+                names = [n for n in await obs.names() if n.endswith("ve_HQ2299ZZZ01")]
+                assert names == []
+
+                # the GUI's switch: int 1 starts the device's own service, 0 removes it
+                assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 1)) == 0
+                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ01", timeout=20)
+                await obs.wait_for(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ01/Enabled", lambda v: v == 1)
+                assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 0)) == 0
+                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ01", present=False, timeout=20)
+                assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 2)) == 2  # 0/1 only
+                assert await obs.get(SETTINGS, DEVICES) == ""
+
+                # the meter says goodbye: its subtree leaves in one ItemsChanged
+                await _zc.async_unregister_service(info)
+                await wait_until(lambda: any(f"{base}/Enabled" in c and c[f"{base}/Enabled"] is None
+                                             for c in changes), 20, "removal signal")
+                gone = [c for c in changes if f"{base}/Enabled" in c and c[f"{base}/Enabled"] is None]
+                assert set(gone[0]) == {f"{base}/Enabled", f"{base}/Name", f"{base}/Serial"}
+                assert all(v is None for v in gone[0].values())
+                items = await call(obs, TCP_MGMT, "/", "GetItems")
+                assert not any(p.startswith(base) for p in items)
+                del sup
+        finally:
+            obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_mdns_device_this_gx_knew_starts_enabled(dbus_address: str, tmp_path) -> None:
+    """The stock default rule: Enabled defaults to 1 when /Settings/Devices/<ident> exists."""
+    from mbclient.dbus.settings import SettingsClient
+    from mbclient.sim import serve_udp
+    from mbclient.sim.vreg import VictronMeterSim
+
+    store = SettingsClient
+    sc = await store.connect(dbus_address, embedded_path=tmp_path / "settings.json", force_embedded=True,
+                             save_delay=0)
+    await sc.claim_device("ve_HQ2299ZZZ02", "grid", 40)  # a device this GX had before
+    await sc.close()
+    host = "127.77.5.3"
+    async with serve_udp(VictronMeterSim(serial="HQ2299ZZZ02"), host=host, port=0) as server, \
+            mdns_responder("VM-3P75CT HQ2299ZZZ02", host, server.port):
+        obs = await Observer.connect(dbus_address)
+        try:
+            cfg = net_config(dbus_address, tmp_path, 502, mdns=True, mdns_interfaces=("127.0.0.1",))
+            async with running_supervisor(cfg):
+                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ02", timeout=20)
+                assert await obs.get(TCP_MGMT, "/Devices/ve_HQ2299ZZZ02/Enabled") == 1
+                assert await obs.get(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ02/Enabled") == 1
+                assert await obs.get(SETTINGS, DEVICES) == ""
+        finally:
+            obs.close()

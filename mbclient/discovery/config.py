@@ -23,3 +23,4 @@ class DiscoveryConfig:
     progress_interval: float = 0.1  # /ScanProgress at most this often
     mdns: bool = True  # network instance: browse for Victron energy meters
     mdns_browser: object = None  # tests: an injected browser (see mdns.py); None: zeroconf
+    mdns_interfaces: tuple[str, ...] = ()  # zeroconf sockets on these addresses only (empty: all)
