@@ -107,13 +107,14 @@ def test_bundle_is_pure_python_and_complete(bundle: Path) -> None:
     names = set(members)
     for needed in ("install.sh", "uninstall.sh", "boot.sh", "service/run", "service/log/run",
                    "mbclient.conf.example", "lib/mbclient/__main__.py", "lib/dbus_fast/message.py",
-                   "lib/serial_asyncio_fast/__init__.py", "lib/anyio/__init__.py"):
+                   "lib/serial_asyncio_fast/__init__.py", "lib/anyio/__init__.py", "lib/zeroconf/_dns.py",
+                   "lib/ifaddr/__init__.py"):
         assert f"{TOP}/{needed}" in names, needed
     for script in ("install.sh", "uninstall.sh", "boot.sh", "service/run", "service/log/run"):
         assert members[f"{TOP}/{script}"].mode & stat.S_IXUSR, script
     compiled = [n for n in names if n.endswith((".so", ".pyc", ".pyd", ".c", ".pxd"))]
     assert compiled == []
-    for dist in ("dbus-fast==", "anyio==", "pyserial==", "pyserial-asyncio-fast=="):
+    for dist in ("dbus-fast==", "anyio==", "pyserial==", "pyserial-asyncio-fast==", "zeroconf==", "ifaddr=="):
         assert dist in vendored
     assert all(m.uid == 0 and m.gid == 0 for m in members.values())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -242,3 +243,34 @@ async def serve_silent(hosts: Iterable[str], port: int) -> AsyncIterator[int]:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await s.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def serve_absent(hosts: Iterable[str], port: int) -> AsyncIterator[int]:
+    """Addresses where nobody is home, as on a LAN: a TCP connection attempt gets no
+    answer at all (it times out, like a SYN to a host that does not exist) and a UDP
+    datagram vanishes (no ICMP). On loopback this takes a listener that never accepts,
+    whose backlog is filled first (the kernel then drops further SYNs), and a UDP socket
+    that never reads. Yields how many addresses are served."""
+    socks: list[socket.socket] = []
+    try:
+        for host in hosts:
+            ls = socket.socket()
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind((host, port))
+            ls.listen(0)
+            socks.append(ls)
+            for _ in range(2):  # fill the accept queue
+                c = socket.socket()
+                c.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    c.connect((host, port))
+                socks.append(c)
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((host, port))
+            socks.append(u)
+        await asyncio.sleep(0.05)  # let the fillers' handshakes complete
+        yield len(socks)
+    finally:
+        for s in socks:
+            s.close()
