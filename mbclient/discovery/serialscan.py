@@ -49,11 +49,12 @@ def candidate_rates(mode: str, rates: Iterable[int] | None = None) -> list[int]:
 
 
 def quick_units(mode: str) -> list[int]:
-    """Default units of the models that speak ``mode``, lowest first."""
+    """Default units of the models that speak ``mode``, lowest first (1..247: unit 0 is the
+    broadcast address on a serial line, nobody answers it)."""
     units: set[int] = set()
     for model in devices.all_models():
         if mode in model.transports:
-            units.update(model.default_units)
+            units.update(u for u in model.default_units if UNIT_MIN <= u <= UNIT_MAX)
     return sorted(units) or [1]
 
 
