@@ -309,6 +309,8 @@ class Driver:
                 self._by_input.setdefault(name, []).append(d)
         #: Rows this unit lacks (its variant); registers() and derived() leave them out.
         self._excluded: frozenset[str] = model.variant_rows
+        self._variant_values: dict[str, Value] = {}
+        self._variant_keys = {v.key for v in model.variants}
         self.nr_of_phases = model.phases
         self._last_request_end = 0.0
         self._scaled_by: dict[str, list[Register]] = {}
@@ -331,10 +333,14 @@ class Driver:
         return tuple(d for d in self.model.derived if d.name not in self._excluded)
 
     def select_variant(self, values: Mapping[str, Value]) -> None:
-        """Apply the first variant whose identity value matches (or none: the base rows)."""
+        """Apply the first variant whose identity value (or ``role``) matches, or none: the
+        base rows. Also called when a polled register named like a variant key changes
+        (a written phase configuration), which adds and drops the paths at runtime."""
         model = self.model
         if not model.variants:
             return
+        self._variant_values.update(values)
+        values = {**self._variant_values, "role": self.role}
         excluded, phases = model.variant_rows, model.phases
         for v in model.variants:
             if values.get(v.key) in v.values:
@@ -672,6 +678,8 @@ class Driver:
                     self.store.set(path, value)
         self._derive(changed)
         if changed:
+            if self._variant_keys and not self._variant_keys.isdisjoint(changed):
+                self.select_variant({k: changed[k] for k in self._variant_keys if k in changed})
             self.on_values(changed)
 
     def _rescale(self, decoded: Mapping[Register, Value]) -> dict[Register, Value]:

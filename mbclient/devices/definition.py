@@ -70,7 +70,7 @@ KINDS = {"int": int, "float": float, "str": str}
 PATH_RE = re.compile(r"^(/[A-Za-z0-9_]+)+$")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODEL_RE = re.compile(r"^[a-z0-9_]+$")
-TEXT_RE = re.compile(r"^(text|utf8text)(\d+)$")
+TEXT_RE = re.compile(r"^(text|utf8text)(\d+)(le)?$")
 TRANSPORTS = ("rtu", "ascii", "tcp", "udp", "rtuovertcp")
 
 ROW_KEYS = {"path", "name", "at", "type", "table", "scale", "unit", "precision", "refresh", "invalid", "values",
@@ -81,7 +81,8 @@ FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "driver", "default_
                "transports", "units", "rates", "tcp_port", "table", "timeout", "meter", "rules", "quirks", "identify",
                "identity", "registers", "model", "devices"}
 MODEL_KEYS = {"name", "product", "product_id", "phases", "registers", "match", "match_range", "match_prefix",
-              "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver"}
+              "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver", "transports", "units",
+              "rates", "tcp_port"}
 IDENTIFY_KEYS = {"table", "at", "type", "count", "order", "require", "fallback"}
 REQUIRE_KEYS = {"table", "at", "type", "count", "min", "max", "equals", "one_of"}
 VARIANT_KEYS = {"when", "add", "drop", "phases"}
@@ -89,17 +90,24 @@ RULE_KEYS = {"max_count", "align", "window", "barriers", "holes"}
 
 
 class Utf8Text(DataType):
-    """Text of UTF-8 bytes, high byte first, NUL padded (names some devices store)."""
+    """Text of UTF-8 bytes, NUL padded (names some devices store); high byte first, or
+    low byte first for the ``...le`` types (``textNle``, ``utf8textNle``)."""
 
     __slots__ = ()
 
+    @property
+    def _order(self) -> str:
+        return "little" if self.swapped else "big"
+
     def decode(self, regs: Sequence[int]) -> str:
-        raw = b"".join(r.to_bytes(2, "big") for r in regs).rstrip(b"\0")
+        raw = b"".join(r.to_bytes(2, self._order) for r in regs).split(b"\0", 1)[0]
+        if self.name.startswith("text"):
+            return "".join(chr(b) for b in raw if 32 <= b < 127).strip()
         return raw.decode("utf-8", "replace").strip()
 
     def encode(self, value: int | float | str) -> list[int]:
         raw = str(value).encode("utf-8")[: 2 * self.words].ljust(2 * self.words, b"\0")
-        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+        return [int.from_bytes(raw[i : i + 2], self._order) for i in range(0, len(raw), 2)]
 
 
 def data_type(name: str) -> DataType:
@@ -109,8 +117,10 @@ def data_type(name: str) -> DataType:
     m = TEXT_RE.match(name)
     if m and 1 <= int(m.group(2)) <= 125:
         n = int(m.group(2))
-        return text(n) if m.group(1) == "text" else Utf8Text(name, n)
-    raise ValueError(f"unknown type {name!r} (one of {', '.join(TYPES)}, textN, utf8textN)")
+        if m.group(1) == "text" and not m.group(3):
+            return text(n)
+        return Utf8Text(name, n, swapped=bool(m.group(3)))
+    raise ValueError(f"unknown type {name!r} (one of {', '.join(TYPES)}, textN, utf8textN, textNle, utf8textNle)")
 
 
 # --- errors with a place --------------------------------------------------------------------------
@@ -598,7 +608,7 @@ class _Loader:
             if not isinstance(when, dict) or len(when) != 1:
                 raise self.fail(vk, "when = { <identity name> = [values] } with one name", *needles)
             (wkey, wvalues), = when.items()
-            if wkey not in self.identity_names:
+            if wkey not in self.identity_names and wkey != "role":
                 raise self.fail(vk, f"when: {wkey!r} is not an identity register "
                                     f"({', '.join(sorted(self.identity_names)) or 'none'})", *needles, wkey)
             if not isinstance(wvalues, list):
@@ -621,6 +631,10 @@ class _Loader:
         if "device_instance" in m:
             model_common["device_instance"] = self._get(m, "device_instance", int, key, 40, *needles)
         driver = self._driver(m["driver"], f"{key}.driver", *needles) if "driver" in m else self.driver
+        for k, kind in (("transports", list), ("units", list), ("rates", list), ("tcp_port", int)):
+            if k in m:
+                v = self._get(m, k, kind, key, None, *needles)
+                model_common["default_units" if k == "units" else k] = tuple(v) if kind is list else v
         try:
             model = Model(
                 name=name, product_name=product, product_id=pid, registers=registers, derived=derived,

@@ -60,3 +60,72 @@ class Pro380(SimUnit):
         for i in range(3):
             self.set_f32(HOLDING, 0x6012 + 2 * i, self.import_kwh[i])
             self.set_f32(HOLDING, 0x601E + 2 * i, self.export_kwh[i])
+
+
+# --- ABB B21 / B23 / B24 ---------------------------------------------------------------------------
+
+ABB_MODELS = {"B21": "B21 ", "B23": "B23 ", "B24": "B24 "}
+ABB_NOT_SUPPORTED_U32 = 0xFFFFFFFF
+ABB_NOT_SUPPORTED_S32 = 0x7FFFFFFF
+ABB_NOT_SUPPORTED_U64 = 0xFFFFFFFFFFFFFFFF
+ABB_NOT_SUPPORTED_S16 = 0x7FFF
+
+
+class AbbMeter(SimUnit):
+    """ABB B21 (single phase) / B23 / B24 (three phase), holding registers, high word first
+    (ABB B-series Modbus map, devices.md 3.6): model text at 0x8960 (4 ASCII characters),
+    serial 0x8900 (32-bit number), firmware text 0x8908 (8 registers); voltages u32 0.1 V
+    at 0x5B00/02/04, currents u32 0.01 A at 0x5B0C/0E/10, active power s32 0.01 W total
+    0x5B14 and L1-L3 0x5B16/18/1A, frequency u16 0.01 Hz 0x5B2C, power factor s16 0.001
+    total 0x5B3A and L1-L3 0x5B3B-3D, energy u64 0.01 kWh import 0x5000, export 0x5004,
+    per phase import 0x5460/64/68 and export 0x546C/70/74. A B21 answers its per-phase
+    points with the "not supported" value (all ones; 0x7FFF... for signed)."""
+
+    def __init__(self, address: int = 1, *, model: str = "B23", serial: int = 21345678, **kw: object) -> None:
+        super().__init__(address, name=f"ABB {model}", **kw)  # type: ignore[arg-type]
+        self.model = model
+        self.phases = 1 if model == "B21" else 3
+        self.set_text(HOLDING, 0x8960, 2, ABB_MODELS[model])
+        self.set_s32(HOLDING, 0x8900, serial)
+        self.set_text(HOLDING, 0x8908, 8, "1.2.0")
+        self.define(HOLDING, 0x5000, 0x10)
+        self.define(HOLDING, 0x5460, 0x18)
+        self.define(HOLDING, 0x5B00, 0x40)
+        self.import_kwh = [0.0] * 3
+        self.export_kwh = [0.0] * 3
+        self.measure((230.0, 230.0, 230.0), (0.0, 0.0, 0.0))
+
+    def _u64(self, addr: int, value: int) -> None:
+        for i in range(4):
+            self.holding[addr + i] = (value >> (48 - 16 * i)) & 0xFFFF
+
+    def measure(self, volts: Sequence[float], watts: Sequence[float], pf: float = 0.95,
+                hz: float = 50.0) -> None:
+        n = self.phases
+        self.set_u16(HOLDING, 0x5B2C, round(hz * 100))
+        self.set_s32(HOLDING, 0x5B14, round(sum(watts[:n]) * 100))
+        self.set_s16(HOLDING, 0x5B3A, round(pf * 1000))
+        for i in range(3):
+            if i < n:
+                amps = abs(watts[i]) / (volts[i] * pf) if volts[i] else 0.0
+                self.set_u32(HOLDING, 0x5B00 + 2 * i, round(volts[i] * 10))
+                self.set_u32(HOLDING, 0x5B0C + 2 * i, round(amps * 100))
+            else:
+                self.set_u32(HOLDING, 0x5B00 + 2 * i, ABB_NOT_SUPPORTED_U32)
+                self.set_u32(HOLDING, 0x5B0C + 2 * i, ABB_NOT_SUPPORTED_U32)
+            if self.phases == 3:
+                self.set_s32(HOLDING, 0x5B16 + 2 * i, round(watts[i] * 100))
+                self.set_s16(HOLDING, 0x5B3B + i, round(pf * 1000))
+            else:
+                self.set_u32(HOLDING, 0x5B16 + 2 * i, ABB_NOT_SUPPORTED_S32)
+                self.set_u16(HOLDING, 0x5B3B + i, ABB_NOT_SUPPORTED_S16)
+        self.set_energy(self.import_kwh, self.export_kwh)
+
+    def set_energy(self, import_kwh: Sequence[float], export_kwh: Sequence[float]) -> None:
+        self.import_kwh, self.export_kwh = list(import_kwh), list(export_kwh)
+        self._u64(0x5000, round(sum(import_kwh) * 100))
+        self._u64(0x5004, round(sum(export_kwh) * 100))
+        for i in range(3):
+            per_phase = self.phases == 3
+            self._u64(0x5460 + 4 * i, round(import_kwh[i] * 100) if per_phase else ABB_NOT_SUPPORTED_U64)
+            self._u64(0x546C + 4 * i, round(export_kwh[i] * 100) if per_phase else ABB_NOT_SUPPORTED_U64)

@@ -1,0 +1,99 @@
+"""The stock clients' families, each against a simulated device written from the maker's
+register documentation (mbclient/sim/meters.py), never from the definition file: the unit
+is identified among every model mbclient knows, and publishes the paths, product id, role
+and service name the stock Venus driver publishes, with values that follow from what the
+simulated device was told to measure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from mbclient.devices import DeviceOptions, identify
+from mbclient.items import ItemStore
+from mbclient.sim import SimBus, SimUnit, serve_rtu
+from mbclient.sim.meters import AbbMeter
+from mbclient.sim.net import serve_tcp, serve_udp
+from mbclient.transports.base import UnitClient
+from mbclient.transports.rtu import RtuLink
+from mbclient.transports.tcp import TcpLink
+from mbclient.transports.udp import UdpLink
+
+pytestmark = pytest.mark.asyncio
+
+
+@contextlib.asynccontextmanager
+async def served(unit: SimUnit, how: str, tmp_path) -> AsyncIterator[Any]:  # noqa: ANN001
+    """A link to ``unit`` on a simulated 9600 Bd RTU line (pty), or over TCP/UDP on loopback."""
+    if how == "rtu":
+        async with serve_rtu(SimBus(9600, units=[unit]), directory=tmp_path) as port:
+            link = RtuLink.serial(port.path, 9600)
+            try:
+                yield link
+            finally:
+                await link.aclose()
+        return
+    server = serve_tcp(unit) if how == "tcp" else serve_udp(unit)
+    async with server as info:
+        link = TcpLink(info.host, info.port) if how == "tcp" else UdpLink(info.host, info.port)
+        try:
+            yield link
+        finally:
+            await link.aclose()
+
+
+async def publish(link: Any, unit: int, role: str | None = None):  # noqa: ANN201
+    """Identify the unit among all models, read its identity and every block once."""
+    client = UnitClient(link, unit)
+    model = await identify(client, timeout=1.0)
+    store = ItemStore()
+    driver = model.create(client, store, DeviceOptions(role=role))
+    identity = await driver.read_identity()
+    driver.add_items()
+    await driver.poll(time.monotonic())
+    service = f"com.victronenergy.{driver.role}.{model.ident(identity.serial)}"
+    return model, driver, store, identity, service
+
+
+# --- ABB ------------------------------------------------------------------------------------------
+
+
+async def test_abb_b23_three_phase_on_rtu(tmp_path) -> None:  # noqa: ANN001
+    meter = AbbMeter(2, model="B23", serial=21345678)
+    meter.measure((230.1, 231.2, 229.3), (1500.0, -250.0, 800.0), pf=0.95, hz=49.98)
+    meter.set_energy((100.25, 20.5, 3.0), (1.5, 40.0, 0.0))
+    async with served(meter, "rtu", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 2)
+    assert model.name == "abb_b23" and model.product_id == 0xB033
+    assert model.product_name == "ABB B23/B24 Energy Meter"
+    assert service == "com.victronenergy.grid.abb_21345678" and identity.firmware == "1.2.0"
+    assert store["/Ac/Power"] == pytest.approx(2050.0)
+    assert store["/Ac/L2/Power"] == pytest.approx(-250.0)
+    assert store["/Ac/L3/Voltage"] == pytest.approx(229.3)
+    assert store["/Ac/L1/Current"] == pytest.approx(1500.0 / (230.1 * 0.95), abs=0.01)
+    assert store["/Ac/Frequency"] == pytest.approx(49.98)
+    assert store["/Ac/L2/PowerFactor"] == pytest.approx(0.95)
+    assert store["/Ac/Energy/Forward"] == pytest.approx(123.75)
+    assert store["/Ac/L2/Energy/Reverse"] == pytest.approx(40.0)
+    assert store["/NrOfPhases"] == 3
+    assert "/Current" not in store  # only in the evcharger role
+
+
+async def test_abb_b21_single_phase_totals_are_l1_and_evcharger_current(tmp_path) -> None:  # noqa: ANN001
+    meter = AbbMeter(1, model="B21", serial=7654321)
+    meter.measure((229.0, 0, 0), (3680.0, 0, 0), pf=1.0)
+    meter.set_energy((12.34, 0, 0), (0.5, 0, 0))
+    async with served(meter, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1, role="evcharger")
+    assert model.name == "abb_b21" and service == "com.victronenergy.evcharger.abb_7654321"
+    assert store["/Ac/Power"] == store["/Ac/L1/Power"] == pytest.approx(3680.0)
+    assert store["/Ac/L1/Energy/Forward"] == pytest.approx(12.34)
+    assert store["/Ac/L1/Energy/Reverse"] == pytest.approx(0.5)
+    assert store["/Current"] == pytest.approx(16.07, abs=0.01)  # 3680 W / 229 V
+    assert store["/NrOfPhases"] == 1 and store["/IsGenericEnergyMeter"] == 1
+    assert "/Ac/L2/Voltage" not in store
