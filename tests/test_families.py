@@ -17,7 +17,7 @@ import pytest
 from mbclient.devices import DeviceOptions, identify
 from mbclient.items import ItemStore
 from mbclient.sim import SimBus, SimUnit, serve_rtu
-from mbclient.sim.meters import AbbMeter
+from mbclient.sim.meters import AbbMeter, CarloGavazziMeter
 from mbclient.sim.net import serve_tcp, serve_udp
 from mbclient.transports.base import UnitClient
 from mbclient.transports.rtu import RtuLink
@@ -97,3 +97,76 @@ async def test_abb_b21_single_phase_totals_are_l1_and_evcharger_current(tmp_path
     assert store["/Current"] == pytest.approx(16.07, abs=0.01)  # 3680 W / 229 V
     assert store["/NrOfPhases"] == 1 and store["/IsGenericEnergyMeter"] == 1
     assert "/Ac/L2/Voltage" not in store
+
+
+# --- Carlo Gavazzi ----------------------------------------------------------------------------------
+
+
+async def test_cg_em24_ethernet_application_h_and_writable_phase_config(tmp_path) -> None:  # noqa: ANN001
+    meter = CarloGavazziMeter(1, layout="em24_ethernet", serial="BX12345")
+    meter.measure((230.0, 231.0, 232.0), (-1000.0, 200.0, 300.0), hz=50.1)
+    meter.set_energy((10.0, 20.0, 30.0), 7.5)
+    async with served(meter, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1)
+        assert model.name == "cg_em24_ethernet" and model.product_id == 0xB017
+        assert service == "com.victronenergy.grid.cg_BX12345"
+        assert identity.firmware == "2.1.5" and identity.hardware == "1.2.3"
+        assert [(a, v) for _, _, a, v in meter.write_log] == [(0xA000, [7])]  # application H
+        assert store["/Ac/Power"] == pytest.approx(-500.0)  # signed once in application H
+        assert store["/Ac/L1/Power"] == pytest.approx(-1000.0)
+        assert store["/Ac/L3/Voltage"] == pytest.approx(232.0)
+        assert store["/Ac/L2/Current"] == pytest.approx(200.0 / 231.0, abs=0.001)
+        assert store["/Ac/Frequency"] == pytest.approx(50.1)
+        assert store["/Ac/Energy/Forward"] == pytest.approx(60.0)
+        assert store["/Ac/L2/Energy/Forward"] == pytest.approx(20.0)
+        assert store["/Ac/Energy/Reverse"] == pytest.approx(7.5)
+        assert store["/PhaseSequence"] == 0 and store["/NrOfPhases"] == 3
+        assert store["/PhaseConfig"] == 0 and store.item("/PhaseConfig").text == "3P.n"
+        # the user switches the meter to single phase: written, read back, L2/L3 disappear
+        assert store.write("/PhaseConfig", 7) == 2
+        assert store.write("/PhaseConfig", 3) == 0
+        await driver.service_writes(time.monotonic())
+        assert meter.holding[0x1002] == 3
+        await driver.poll(time.monotonic())
+        assert store["/PhaseConfig"] == 3 and store["/NrOfPhases"] == 1
+        assert "/Ac/L2/Power" not in store and "/PhaseSequence" not in store
+        assert "/Ac/L2/Power" not in {p for r in driver.registers() for p in r.paths}
+
+
+@pytest.mark.parametrize(("layout", "name"), [("em24", "cg_em24"), ("et112", "cg_et112"), ("em300_s27", "cg_em300_s27"),
+                                              ("et340", "cg_et340"), ("em540", "cg_em540")])
+async def test_cg_rs485_meters_identified_and_read(tmp_path, layout: str, name: str) -> None:  # noqa: ANN001
+    meter = CarloGavazziMeter(2, layout=layout, serial="AB98765")
+    meter.measure((229.0, 230.0, 231.0), (-800.0, 150.0, 250.0), hz=49.9, pf=0.9)
+    meter.set_energy((1.5, 2.5, 3.5), 4.5, (4.0, 0.5, 0.0))
+    async with served(meter, "rtu", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 2)
+    assert model.name == name and model.product_id == 0xB002 and model.vendor == "cg"
+    assert service == "com.victronenergy.grid.cg_AB98765"
+    assert [(a, v) for _, _, a, v in meter.write_log] == [(meter.mode_register, [meter.mode_wanted])]
+    assert store["/Ac/Frequency"] == pytest.approx(49.9)
+    assert store["/Ac/Energy/Reverse"] == pytest.approx(4.5)  # the ET112's negative counter too
+    if layout == "et112":
+        assert store["/Ac/Power"] == store["/Ac/L1/Power"] == pytest.approx(-800.0)
+        assert store["/Ac/Energy/Forward"] == pytest.approx(1.5) and store["/NrOfPhases"] == 1
+        return
+    assert store["/Ac/Power"] == pytest.approx(-400.0)
+    assert store["/Ac/L1/Power"] == pytest.approx(-800.0) and store["/Ac/L3/Voltage"] == pytest.approx(231.0)
+    assert store["/Ac/Energy/Forward"] == pytest.approx(7.5)
+    assert store["/Ac/L2/Energy/Forward"] == pytest.approx(2.5)
+    assert store["/NrOfPhases"] == 3
+    if layout == "et340":
+        assert store["/Ac/L1/Energy/Reverse"] == pytest.approx(4.0)
+    if layout == "em540":
+        assert store["/Ac/L2/PowerFactor"] == pytest.approx(0.9) and store["/PhaseSequence"] == 1
+        assert identity.firmware == "1.1.4"
+
+
+async def test_cg_em24_rs485_in_single_phase_publishes_l1_only(tmp_path) -> None:  # noqa: ANN001
+    meter = CarloGavazziMeter(1, layout="em24", serial="EM24X01", measuring_system=3)
+    meter.measure((230.0, 0.0, 0.0), (1200.0, 0.0, 0.0))
+    async with served(meter, "rtu", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1)
+    assert model.name == "cg_em24" and store["/NrOfPhases"] == 1
+    assert store["/Ac/L1/Power"] == pytest.approx(1200.0)
+    assert "/Ac/L2/Voltage" not in store and "/PhaseSequence" not in store

@@ -82,7 +82,7 @@ FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "driver", "default_
                "identity", "registers", "model", "devices"}
 MODEL_KEYS = {"name", "product", "product_id", "phases", "registers", "match", "match_range", "match_prefix",
               "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver", "transports", "units",
-              "rates", "tcp_port"}
+              "rates", "tcp_port", "identity"}
 IDENTIFY_KEYS = {"table", "at", "type", "count", "order", "require", "fallback"}
 REQUIRE_KEYS = {"table", "at", "type", "count", "min", "max", "equals", "one_of"}
 VARIANT_KEYS = {"when", "add", "drop", "phases"}
@@ -578,6 +578,12 @@ class _Loader:
         if not 0 <= pid <= 0xFFFF:
             raise self.fail(f"{key}.product_id", f"{pid} is not 0..0xFFFF", *needles)
         phases = self._get(m, "phases", int, key, 1, *needles)
+        identity_names = self.identity_names
+        if "identity" in m:
+            identity = tuple(self._rows(self._get(m, "identity", list, key, [], *needles), f"{key}.identity",
+                                        registers_only=True))
+            common = dict(common, identity=identity)
+            identity_names = {r.name for r in identity}
         set_names = self._get(m, "registers", list, key, None, *needles, required=True)
         variants_doc = self._get(m, "variant", list, key, [], *needles)
         rows: dict[str, Register | Derived] = {}
@@ -608,9 +614,9 @@ class _Loader:
             if not isinstance(when, dict) or len(when) != 1:
                 raise self.fail(vk, "when = { <identity name> = [values] } with one name", *needles)
             (wkey, wvalues), = when.items()
-            if wkey not in self.identity_names and wkey != "role":
+            if wkey not in identity_names and wkey != "role":
                 raise self.fail(vk, f"when: {wkey!r} is not an identity register "
-                                    f"({', '.join(sorted(self.identity_names)) or 'none'})", *needles, wkey)
+                                    f"({', '.join(sorted(identity_names)) or 'none'})", *needles, wkey)
             if not isinstance(wvalues, list):
                 wvalues = [wvalues]
             add = {n for s in v.get("add", []) for n in take(s, f"{vk}.add")}

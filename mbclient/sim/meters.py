@@ -129,3 +129,130 @@ class AbbMeter(SimUnit):
             per_phase = self.phases == 3
             self._u64(0x5460 + 4 * i, round(import_kwh[i] * 100) if per_phase else ABB_NOT_SUPPORTED_U64)
             self._u64(0x546C + 4 * i, round(export_kwh[i] * 100) if per_phase else ABB_NOT_SUPPORTED_U64)
+
+
+# --- Carlo Gavazzi ---------------------------------------------------------------------------------
+
+#: Model codes at holding 0x000B (Carlo Gavazzi protocol documents; devices.md 3.7).
+CG_CODES = {"em24_ethernet": 1648, "em24": 71, "et112": 102, "em300_s27": 338, "et340": 335, "em540": 1746}
+
+
+class CarloGavazziMeter(SimUnit):
+    """A Carlo Gavazzi meter by its communication protocol (devices.md 3.7). Values are
+    INT32 with the low word first. ``layout``:
+
+    * ``em24_ethernet``: V 0x0000/02/04 (0.1 V), A 0x000C.. (0.001 A), W 0x0012.. and total
+      0x0028 (0.1 W), kWh+ 0x0034 and per phase 0x0040.., kWh- 0x004E (0.1 kWh), Hz 0x0033
+      (UINT16 0.1 Hz), phase sequence 0x0032 (0 / 0xFFFF), hardware 0x0302, firmware 0x0304,
+      measuring system 0x1002 (0 3P.n, 1 3P.1, 2 2P, 3 1P, 4 3P), serial 0x5000 (7 registers),
+      application 0xA000 (7 = H), front switch 0xA100.
+    * ``em24`` (RS-485): as above but Hz 0x0037, kWh+ 0x003E and per phase 0x0046.., kWh-
+      0x005C, phase sequence 0x0036, firmware 0x0303, serial 0x1300, application 0x1101,
+      measuring system 0x1102, front selector 0x0304 (3 = locked).
+    * ``em300_s27``: the EM24 measurement layout; serial 0x5000, firmware 0x0302,
+      measurement mode 0x1103 (1 = B), measuring system 0x1002.
+    * ``et340`` / ``em540``: the EM24 Ethernet measurement layout, plus kWh- per phase
+      0x0060.. (ET340), power factors 0x002E-0x0031 (INT16 0.001) and Hz at 0x053C (INT32
+      0.001 Hz) on the EM540; serial 0x5000, firmware 0x0302, measurement mode 0x1103 (ET
+      1 = B, EM540 2 = C), measuring system 0x1002.
+    * ``et112``: single phase, V 0x0000, A 0x0002, W 0x0004, Hz 0x000F, kWh+ 0x0010, kWh-
+      0x0020 (reported negative), serial 0x5000, firmware 0x0303, measurement mode 0x1103.
+
+    Until the meter is in the application / mode that shows exported power as negative
+    (EM24: H; ET/EM3xx: B; EM540: C), it reports power as a magnitude.
+    """
+
+    def __init__(self, address: int = 1, *, layout: str = "et340", serial: str = "BW1234567",
+                 measuring_system: int = 0, **kw: object) -> None:
+        super().__init__(address, name=f"Carlo Gavazzi {layout}", **kw)  # type: ignore[arg-type]
+        self.layout = layout
+        self.set_u16(HOLDING, 0x000B, CG_CODES[layout])
+        em24 = layout in ("em24_ethernet", "em24", "em300_s27")
+        self.define(HOLDING, 0x0000, 0x70)
+        eth = layout == "em24_ethernet"
+        self.set_text(HOLDING, 0x1300 if layout == "em24" else 0x5000, 7, serial)
+        if eth:
+            self.set_u16(HOLDING, 0x0302, 0x1203)  # hardware 1.2.3
+            self.set_u16(HOLDING, 0x0304, 0x2105)  # firmware 2.1.5
+            self.mode_register, self.mode_wanted = 0xA000, 7
+            self.set_u16(HOLDING, 0xA100, 3)
+            self.system_register = 0x1002
+        elif layout == "em24":
+            self.set_u16(HOLDING, 0x0303, 12)
+            self.set_u16(HOLDING, 0x0304, 0)  # front selector unlocked
+            self.mode_register, self.mode_wanted = 0x1101, 7
+            self.system_register = 0x1102
+        else:
+            self.set_u16(HOLDING, 0x0303 if layout == "et112" else 0x0302, 0x1104 if layout == "em540" else 7)
+            self.mode_register, self.mode_wanted = 0x1103, 2 if layout == "em540" else 1
+            self.system_register = 0x1002
+        if layout == "em540":
+            self.define(HOLDING, 0x010E, 1)
+            self.define(HOLDING, 0x053C, 2)
+        self.set_u16(HOLDING, self.mode_register, 0)  # factory: not yet the mode we need
+        self.allow_write(self.mode_register)
+        self.set_u16(HOLDING, self.system_register, measuring_system)
+        self.allow_write(self.system_register, values=range(5))
+        self.em24 = em24
+        self.watts = [0.0, 0.0, 0.0]
+        self.volts = [230.0] * 3
+        self.import_kwh = [0.0] * 3
+        self.export_kwh = 0.0
+        self.export_kwh_phases = [0.0] * 3
+        self.hz = 50.0
+        self.pf = 1.0
+
+    def _s32le(self, addr: int, value: float) -> None:
+        v = round(value) & 0xFFFFFFFF
+        self.holding[addr], self.holding[addr + 1] = v & 0xFFFF, v >> 16
+
+    def measure(self, volts, watts, hz: float = 50.0, pf: float = 1.0) -> None:  # noqa: ANN001
+        self.volts, self.watts, self.hz, self.pf = list(volts), list(watts), hz, pf
+        self._refresh()
+
+    def set_energy(self, import_kwh, export_kwh: float, export_phases=(0.0, 0.0, 0.0)) -> None:  # noqa: ANN001
+        self.import_kwh, self.export_kwh, self.export_kwh_phases = list(import_kwh), export_kwh, list(export_phases)
+        self._refresh()
+
+    def applied_write(self, address: int, values: list[int]) -> None:
+        super().applied_write(address, values)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        signed = self.holding[self.mode_register] == self.mode_wanted
+        w = [x if signed else abs(x) for x in self.watts]
+        if self.layout == "et112":
+            self._s32le(0x0000, self.volts[0] * 10)
+            self._s32le(0x0002, abs(w[0]) / self.volts[0] * 1000)
+            self._s32le(0x0004, w[0] * 10)
+            self.set_u16(HOLDING, 0x000F, round(self.hz * 10))
+            self._s32le(0x0010, self.import_kwh[0] * 10)
+            self._s32le(0x0020, -self.export_kwh * 10)
+            return
+        for i in range(3):
+            self._s32le(0x0000 + 2 * i, self.volts[i] * 10)
+            self._s32le(0x000C + 2 * i, abs(w[i]) / self.volts[i] * 1000 if self.volts[i] else 0)
+            self._s32le(0x0012 + 2 * i, w[i] * 10)
+        self._s32le(0x0028, sum(w) * 10)
+        if self.em24 and self.layout != "em24_ethernet":
+            self.set_u16(HOLDING, 0x0037, round(self.hz * 10))
+            self._s32le(0x003E, sum(self.import_kwh) * 10)
+            for i in range(3):
+                self._s32le(0x0046 + 2 * i, self.import_kwh[i] * 10)
+            self._s32le(0x005C, self.export_kwh * 10)
+            self.set_u16(HOLDING, 0x0036, 0)
+            return
+        self.set_u16(HOLDING, 0x0033, round(self.hz * 10))
+        self._s32le(0x0034, sum(self.import_kwh) * 10)
+        for i in range(3):
+            self._s32le(0x0040 + 2 * i, self.import_kwh[i] * 10)
+        self._s32le(0x004E, self.export_kwh * 10)
+        self.set_u16(HOLDING, 0x0032, 0)
+        if self.layout == "et340":
+            for i in range(3):
+                self._s32le(0x0060 + 2 * i, self.export_kwh_phases[i] * 10)
+        if self.layout == "em540":
+            for i in range(4):
+                self.set_s16(HOLDING, 0x002E + i, round(self.pf * 1000))
+            self._s32le(0x053C, self.hz * 1000)
+            self.set_u16(HOLDING, 0x010E, 0xFFFF)  # wrong rotation
