@@ -1,4 +1,4 @@
-"""Growatt MIN TL-X single-phase PV inverter: the code beside ``growatt.toml``.
+"""Growatt MIN/MIC TL-X and MOD TL3-X PV inverters: the code beside ``growatt.toml``.
 
 Register facts: registers.md section 1 (legacy input block 0-124, holding 0-124, 209-223,
 3000); the table and the identification are in the file. What is special here:
@@ -81,7 +81,7 @@ class GrowattDriver(Driver):
 
     def registers(self) -> Sequence[Register]:
         keep = tuple(f"/Internal/Pv/{n}/" for n in range(self.trackers))
-        return tuple(r for r in self.model.registers
+        return tuple(r for r in super().registers()  # the variant's rows (one or three phases)
                      if not r.name.startswith("/Internal/Pv/") or r.name.startswith(keep))
 
     # -- items ------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class GrowattDriver(Driver):
         store = self.store
         store.add("/Ac/MaxPower", self.limiter.max_power, unit="W", precision=0, kind=float,
                   formatter=lambda v: f"{v:.0f} W")
-        store.add("/NrOfPhases", 1, kind=int)
+        store.add("/NrOfPhases", self.nr_of_phases, kind=int)
         self.limiter.add_items(store)
 
     def _set_max_power(self, rated: Value) -> None:

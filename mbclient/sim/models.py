@@ -522,3 +522,32 @@ MODELS = {
     "sdm72d": sdm72d,
     "growatt_min": growatt_min,
 }
+
+
+class GrowattMod(GrowattMin):
+    """Growatt MOD TL3-X: the MIN's table plus three phases (holding 44 low byte 3; input
+    38-49 Vac/Iac/Pac of R, S and T after Growatt's protocol v1.24 input table). The output
+    is split evenly over the phases; Pac per phase in 0.1 VA (unity power factor here)."""
+
+    def __init__(self, address: int = 1, *, serial: str = "MOD1234567", rated_w: int = 10000,
+                 phase_voltages: tuple[float, float, float] = (230.2, 231.4, 229.6), **kw: object) -> None:
+        self.phase_voltages = phase_voltages
+        super().__init__(address, serial=serial, rated_w=rated_w, dtc=5200, **kw)  # type: ignore[arg-type]
+        self.set_u16(HOLDING, 44, 0x0203)  # 2 MPPT, three phases
+        self.name = "Growatt MOD TL3-X"
+        self.publish()
+
+    def publish(self) -> None:
+        super().publish()
+        if not hasattr(self, "phase_voltages"):
+            return
+        pac = self.output_w / 3
+        for n, v in enumerate(self.phase_voltages):
+            base = 38 + 4 * n
+            self.set_u16(INPUT, base, round(v * 10))
+            self.set_u16(INPUT, base + 1, round(pac / v * 10))
+            self.set_u32(INPUT, base + 2, round(pac * 10))
+
+
+def growatt_mod(address: int = 1, *, serial: str = "MOD1234567", rated_w: int = 10000, **kw: object) -> GrowattMod:
+    return GrowattMod(address, serial=serial, rated_w=rated_w, **kw)
