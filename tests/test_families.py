@@ -17,7 +17,7 @@ import pytest
 from mbclient.devices import DeviceOptions, identify
 from mbclient.items import ItemStore
 from mbclient.sim import SimBus, SimUnit, serve_rtu
-from mbclient.sim.meters import AbbMeter, CarloGavazziMeter
+from mbclient.sim.meters import AbbMeter, CarloGavazziMeter, EvChargingStation, P1Link
 from mbclient.sim.net import serve_tcp, serve_udp
 from mbclient.transports.base import UnitClient
 from mbclient.transports.rtu import RtuLink
@@ -170,3 +170,57 @@ async def test_cg_em24_rs485_in_single_phase_publishes_l1_only(tmp_path) -> None
     assert model.name == "cg_em24" and store["/NrOfPhases"] == 1
     assert store["/Ac/L1/Power"] == pytest.approx(1200.0)
     assert "/Ac/L2/Voltage" not in store and "/PhaseSequence" not in store
+
+
+# --- Victron P1Link (UDP) and EV Charging Station (TCP) ---------------------------------------------
+
+
+@pytest.mark.parametrize("phase_config", [3, 0])
+async def test_p1link_over_udp(tmp_path, phase_config: int) -> None:  # noqa: ANN001
+    p1 = P1Link(1, serial="HQ2301ABC", phase_config=phase_config)
+    p1.measure((231.5, 229.25, 230.0), (-1200, 300, 450), (5.2, 1.31, 1.96), 4321.09)
+    async with served(p1, "udp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1)
+    assert model.name == "p1link" and model.product_id == 0xC02F and model.allowed_roles == ("grid",)
+    assert service == "com.victronenergy.grid.ve_HQ2301ABC" and identity.firmware == "v1.10"
+    assert store["/Ac/L1/Voltage"] == pytest.approx(231.5) and store["/Ac/L1/Current"] == pytest.approx(5.2)
+    assert store["/Ac/Energy/Forward"] == pytest.approx(4321.09)
+    assert store["/Ac/Energy/Reverse"] is None  # 0xFFFFFFFF: unknown
+    if phase_config == 3:
+        assert store["/Ac/Power"] == pytest.approx(-450.0) and store["/NrOfPhases"] == 3
+        assert store["/Ac/L3/Power"] == pytest.approx(450.0)
+    else:
+        assert store["/NrOfPhases"] == 1 and "/Ac/L2/Voltage" not in store
+
+
+async def test_ev_charging_station_controls_over_tcp(tmp_path) -> None:  # noqa: ANN001
+    evcs = EvChargingStation(1, product_id=0xC023, serial="EVC042")
+    evcs.set_u16("holding", 5009, 1)  # auto mode
+    async with served(evcs, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1)
+        assert model.name == "evcs_v2" and model.product_id == 0xC023 and model.product_name == "EV Charging Station"
+        assert service == "com.victronenergy.evcharger.evc_EVC042" and model.allowed_roles == ("evcharger",)
+        assert identity.firmware == "v1.22"
+        assert store["/Ac/Energy/Forward"] == pytest.approx(1234.56) and store["/MinCurrent"] == 6
+        assert store["/Status"] == 1 and store.item("/Status").text == "Connected"
+        assert store["/Mode"] == 1 and store.item("/Mode").text == "Auto"
+        assert store["/Ac/Power"] == 0
+        # manual mode, 16 A, start: written to the charger, read back, the charger draws power
+        assert store.write("/SetCurrent", 40) == 2 and store.write("/Mode", 3) == 2
+        for path, value in (("/Mode", 0), ("/SetCurrent", 16), ("/StartStop", 1)):
+            assert store.write(path, value) == 0
+        await driver.service_writes(time.monotonic())
+        assert [(a, v) for _, _, a, v in evcs.write_log] == [(5009, [0]), (5016, [16]), (5010, [1])]
+        await driver.poll(time.monotonic() + 3)  # the read-back and the next power reading
+        assert store["/StartStop"] == 1 and store["/SetCurrent"] == 16
+        assert store["/Ac/Power"] == 3 * 230 * 16 and store["/Current"] == pytest.approx(16.0)
+        assert store["/Status"] == 2
+
+
+async def test_ev_charging_station_old_firmware_lacks_newer_rows(tmp_path) -> None:  # noqa: ANN001
+    evcs = EvChargingStation(1, product_id=0xC025, serial="OLD001", firmware=0x000120FF)
+    async with served(evcs, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 1)
+    assert model.name == "evcs_ac22e" and identity.firmware == "v1.20"
+    assert "/EnableDisplay" not in store and "/MinCurrent" not in store
+    assert store["/MaxCurrent"] == 32

@@ -227,6 +227,19 @@ class VictronMeterDriver(Driver):
                     sb.next_due = 0.0
 
 
+class P1LinkDriver(VictronMeterDriver):
+    """The P1Link: VregLink and the name as on the energy meters; its rows follow the file's
+    phase variant (0: L1 only, otherwise three phases), not the meters' firmware table."""
+
+    def make_identity(self, values: Mapping[str, Value]) -> Identity:
+        identity = super().make_identity(values)
+        self.phases = (1,) if values.get("phase_config") == 0 else (1, 2, 3)
+        return identity
+
+    def registers(self) -> Sequence[Register]:
+        return Driver.registers(self)
+
+
 async def detect(client: UnitClient, timeout: float) -> Model | None:
     """The family's detector: the product id at holding 0x1000 names the model."""
     from . import family
@@ -235,5 +248,6 @@ async def detect(client: UnitClient, timeout: float) -> Model | None:
 
 
 register_driver("victron_em", VictronMeterDriver)
+register_driver("victron_p1link", P1LinkDriver)
 
-__all__ = ["VictronMeterDriver", "active_sets", "detect", "firmware_text"]
+__all__ = ["P1LinkDriver", "VictronMeterDriver", "active_sets", "detect", "firmware_text"]

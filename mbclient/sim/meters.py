@@ -256,3 +256,83 @@ class CarloGavazziMeter(SimUnit):
                 self.set_s16(HOLDING, 0x002E + i, round(self.pf * 1000))
             self._s32le(0x053C, self.hz * 1000)
             self.set_u16(HOLDING, 0x010E, 0xFFFF)  # wrong rotation
+
+
+# --- Victron P1Link and EV Charging Station --------------------------------------------------------
+
+
+class P1Link(SimUnit):
+    """Victron P1Link (devices.md 3.11), holding registers: product id 0x1000 = 0xC02F,
+    serial 0x1001 (8 registers text), firmware 0x1009-0x100A (bytes -, major, minor, beta),
+    hardware 0x100B, phase configuration 0x2000 (0 single phase, 3 three phase), name
+    0x2002 (32 registers UTF-8); kWh import 0x3034 / export 0x3036 (u32 0.01 kWh,
+    0xFFFFFFFF unknown), total W 0x3080 (s32); per phase n: V 0x3040+8(n-1) (s16 0.01 V),
+    A 0x3058+2(n-1) (s32 0.01 A), W 0x3082+4(n-1) (s32)."""
+
+    def __init__(self, address: int = 1, *, serial: str = "HQ2301ABC", phase_config: int = 3, **kw: object) -> None:
+        super().__init__(address, name="P1Link", **kw)  # type: ignore[arg-type]
+        self.set_u16(HOLDING, 0x1000, 0xC02F)
+        self.set_text(HOLDING, 0x1001, 8, serial)
+        self.set_u32(HOLDING, 0x1009, 0x000110FF)  # v1.10
+        self.set_u16(HOLDING, 0x100B, 1)
+        self.set_u16(HOLDING, 0x2000, phase_config)
+        self.define(HOLDING, 0x2001, 0x24)
+        self.define(HOLDING, 0x3030, 0x60)
+        self.set_u32(HOLDING, 0x3036, 0xFFFFFFFF)  # a meter that reports no export
+
+    def measure(self, volts, watts, amps, import_kwh: float) -> None:  # noqa: ANN001
+        for i in range(3):
+            self.set_s16(HOLDING, 0x3040 + 8 * i, round(volts[i] * 100))
+            self.set_s32(HOLDING, 0x3058 + 2 * i, round(amps[i] * 100))
+            self.set_s32(HOLDING, 0x3082 + 4 * i, round(watts[i]))
+        self.set_s32(HOLDING, 0x3080, round(sum(watts)))
+        self.set_u32(HOLDING, 0x3034, round(import_kwh * 100))
+
+
+class EvChargingStation(SimUnit):
+    """Victron EV Charging Station (devices.md 3.12), holding registers from 5000: product
+    id 5000, serial 5001 (6 registers, low byte first), firmware 5007-5008, mode 5009
+    (0 manual, 1 auto, 2 scheduled; writable), start/stop 5010 (writable), power L1-L3 and
+    total 5011-5014 (W), status 5015, set current 5016 (A, writable), max current 5017
+    (writable), current 5018 (0.1 A), session time 5019-5020 (s), session energy 5021
+    (0.01 kWh), session cost 5022, total energy 5023-5024 (0.01 kWh), position 5026,
+    name 5027 (22 registers), autostart 5049, display 5050 (from v1.21-01), minimum current
+    5062 (from v1.22-02). In manual mode a started charger draws the set current on three
+    phases at 230 V."""
+
+    def __init__(self, address: int = 1, *, product_id: int = 0xC023, serial: str = "EVC042",
+                 firmware: int = 0x000122FF, **kw: object) -> None:
+        super().__init__(address, name="EV Charging Station", **kw)  # type: ignore[arg-type]
+        self.define(HOLDING, 5000, 50)
+        self.set_u16(HOLDING, 5000, product_id)
+        raw = serial.encode("ascii").ljust(12, b"\0")
+        for i in range(6):
+            self.holding[5001 + i] = raw[2 * i] | raw[2 * i + 1] << 8
+        self.set_u32(HOLDING, 5007, firmware)
+        if firmware >= 0x00012101:
+            self.define(HOLDING, 5050, 1)
+        if firmware >= 0x00012202:
+            self.define(HOLDING, 5050, 13)
+            self.set_u16(HOLDING, 5062, 6)
+        self.allow_write(5009, values=range(3))
+        self.allow_write(5010, values=range(2))
+        self.allow_write(5016, values=range(33))
+        self.allow_write(5017, values=range(33))
+        self.allow_write(5049, values=range(2))
+        self.set_u16(HOLDING, 5016, 10)
+        self.set_u16(HOLDING, 5017, 32)
+        self.set_u32(HOLDING, 5023, 123456)  # 1234.56 kWh
+        self.set_u16(HOLDING, 5015, 1)  # connected
+        self._apply()
+
+    def applied_write(self, address: int, values: list[int]) -> None:
+        self._apply()
+
+    def _apply(self) -> None:
+        charging = self.holding[5010] == 1 and self.holding[5009] == 0
+        amps = self.holding[5016] if charging else 0
+        for i in range(3):
+            self.set_u16(HOLDING, 5011 + i, 230 * amps)
+        self.set_u16(HOLDING, 5014, 3 * 230 * amps)
+        self.set_u16(HOLDING, 5018, amps * 10)
+        self.set_u16(HOLDING, 5015, 2 if charging else 1)
