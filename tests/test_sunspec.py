@@ -394,3 +394,23 @@ async def test_wrong_kind_or_index_is_a_clear_error() -> None:
             await driver(pool, port, 1, index=2, model="sunspec_inverter")
         with pytest.raises(ConfigError, match="holds 2"):
             await driver(pool, port, 1, index=3)
+
+
+async def test_solaredge_is_limited_through_its_own_power_control() -> None:
+    u = solaredge_like(5, rated_w=8000.0)
+    u.available_w = 7000.0
+    u.start_physics()
+    e = u.EDPC
+    async with tcp(u) as (pool, port):
+        inv, s, _ = await driver(pool, port, 5)
+        assert inv.limiter.enabled and s.get("/Ac/MaxPower") == 8000.0  # from its max power register
+        assert not u.write_log  # nothing written before a limit is asked for
+        assert s.write("/Ac/PowerLimit", 2000.0) == 0
+        await inv.service_writes(time.monotonic())
+        assert u.holding[e["enable"]] == 1 and u.get_u32le(e["timeout"]) == sunspec.REVERT_SECONDS
+        assert u.get_f32le(e["fallback"]) == 100.0
+        assert u.get_f32le(e["ramp_up"]) == -1.0 and u.get_f32le(e["ramp_down"]) == -1.0
+        assert u.get_f32le(e["limit"]) == 25.0 and u.output_w() == 2000.0
+        assert s.get("/Ac/PowerLimit") == 2000.0
+        await inv.release()
+        assert u.get_f32le(e["limit"]) == 100.0 and u.output_w() == 7000.0

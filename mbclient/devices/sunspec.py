@@ -39,6 +39,7 @@ from ..control.limiter import PowerLimiter
 from ..errors import ConfigError, ModbusError, ModbusExceptionResponse
 from ..registers import (
     F32,
+    F32LE,
     FAST,
     HOLDING,
     NORMAL,
@@ -48,6 +49,7 @@ from ..registers import (
     SLOW,
     U16,
     U32,
+    U32LE,
     U64,
     Block,
     DataType,
@@ -81,6 +83,18 @@ REVERT_SECONDS = 120
 REFRESH_SECONDS = 60.0
 
 _REFRESH = {"fast": FAST, "normal": NORMAL, "slow": SLOW, "once": ONCE}
+
+#: SolarEdge Enhanced Dynamic Power Control (holding; 32-bit values low word first), as
+#: dbus-fronius' solaredge_limiter.cpp uses it: enable (u16), max active power (f32, W),
+#: command timeout (u32, s), fallback limit (f32, %), ramp up/down (f32, %/min, -1 off),
+#: dynamic active power limit (f32, %).
+EDPC_ENABLE = 0xF300
+EDPC_MAX_POWER = 0xF304
+EDPC_TIMEOUT = 0xF310
+EDPC_FALLBACK = 0xF312
+EDPC_RAMP_UP = 0xF318
+EDPC_RAMP_DOWN = 0xF31A
+EDPC_LIMIT = 0xF322
 
 #: SunSpec type -> (register type, raw values meaning "not implemented").
 TYPES: dict[str, tuple[DataType, tuple[int | float, ...]]] = {
@@ -152,6 +166,7 @@ class Vendor:
     meter_sign: int = 1
     limit_enable: str = "write"
     null_frame: bool = False
+    own_limiter: str = ""  # "edpc": SolarEdge Enhanced Dynamic Power Control when no 123/704
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +482,8 @@ class SunSpecDriver(Driver):
         self._limit_sf: int | None = None
         self._limit_refreshed = -math.inf
         self._limit_written: int | None = None  # percent in force by our write (None: released)
+        self._edpc = False  # SolarEdge's own limiter in use
+        self._edpc_configured = False
         self._null_since: float | None = None
         self._null_logged = False
         self._last_good: dict[int, list[int]] = {}
@@ -576,6 +593,9 @@ class SunSpecDriver(Driver):
                 watts = float(rv) * 10.0 ** sv
         self._set_max_power(watts)
         lm = self._limit_model
+        if lm is None and self.vendor.own_limiter == "edpc":
+            await self._edpc_setup_read(client, timeout)
+            return
         if lm is None:
             self.limiter.disable("no SunSpec limit model (123 or 704)")
             return
@@ -595,6 +615,38 @@ class SunSpecDriver(Driver):
             # 123/704 as Fronius and the 700-series use it): reductions need no spacing.
             # SMA-like devices (enable flag preset) are treated as keeping what they get.
             self.limiter.enable(volatile=self.vendor.limit_enable == "write")
+
+    async def _edpc_setup_read(self, client: UnitClient, timeout: float) -> None:
+        """SolarEdge without 123/704: its own limiter. The rating comes from its max active
+        power register when no model 120 gave one. Nothing is written until a limit is
+        asked for (then the EDPC settings once per connection, see ``_edpc_configure``)."""
+        assert self.limiter is not None
+        try:
+            rating = F32LE.decode(await client.read_holding(EDPC_MAX_POWER, 2, timeout=timeout))
+        except ModbusExceptionResponse:
+            self.limiter.disable("no SunSpec limit model and no SolarEdge power control registers "
+                                 "(firmware too old?)")
+            return
+        if not self.limiter.max_power and math.isfinite(rating) and rating > 0:
+            self._set_max_power(float(rating))
+        self._edpc = True
+        self._edpc_configured = False
+        if not self.limiter.max_power:
+            self.limiter.disable("rated power unknown: set the max_power option")
+        else:
+            self.limiter.enable(volatile=True)  # the dynamic limit times out by itself
+
+    async def _edpc_configure(self) -> None:
+        """Once per connection before the first limit: ramps off, fall back to 100 % after
+        the command timeout (REVERT_SECONDS) without a new limit, EDPC on."""
+        t, c = self.timeout, self.client
+        for address, words in ((EDPC_RAMP_UP, F32LE.encode(-1.0)), (EDPC_RAMP_DOWN, F32LE.encode(-1.0)),
+                               (EDPC_FALLBACK, F32LE.encode(100.0)), (EDPC_TIMEOUT, U32LE.encode(REVERT_SECONDS)),
+                               (EDPC_ENABLE, [1])):
+            await c.write_registers(address, words, timeout=t, priority=True)
+        self._edpc_configured = True
+        self.log.info("%s: SolarEdge power control configured (timeout %d s, fallback 100 %%)", self.model.name,
+                      REVERT_SECONDS)
 
     def _set_max_power(self, watts: float | None) -> None:
         watts = self.options.max_power or (watts if watts and watts > 0 else None)
@@ -663,6 +715,7 @@ class SunSpecDriver(Driver):
             self.limiter.forget()
             self.limiter.applied_watts = None
         self._limit_written = None
+        self._edpc_configured = False  # configured again after a reconnection
         # _null_since stays: a unit that keeps answering null frames stays offline
         self._last_good.clear()
 
@@ -711,6 +764,14 @@ class SunSpecDriver(Driver):
 
     async def _write_rate(self, percent: int) -> None:
         lm = self._limit_model
+        if lm is None and self._edpc:
+            if not self._edpc_configured:
+                await self._edpc_configure()
+            await self.client.write_registers(EDPC_LIMIT, F32LE.encode(float(min(percent, 100))),
+                                              timeout=self.timeout, priority=True)
+            self._limit_written = None if percent >= 100 else percent
+            self._limit_refreshed = time.monotonic()
+            return
         if lm is None:
             raise ModbusError("no limit model")
         raw = self._raw_percent(percent)
@@ -762,6 +823,13 @@ class SunSpecDriver(Driver):
         """The limit in force as read back (percent; 100 when the enable flag is off), for
         the limiter after every write. The read also refreshes the published read-backs."""
         lm = self._limit_model
+        if lm is None and self._edpc:
+            enabled, _ = await self.client.read(int(HOLDING), EDPC_ENABLE, 2, timeout=self.timeout, priority=True)
+            pct = F32LE.decode(await self.client.read(int(HOLDING), EDPC_LIMIT, 2, timeout=self.timeout,
+                                                      priority=True))
+            if enabled != 1 or not math.isfinite(pct):
+                return 100
+            return int(min(round(pct), 100))
         if lm is None or self.table is None:
             raise ModbusError("no limit model")
         layout = DEFS.layouts[lm.id]
@@ -785,7 +853,7 @@ class SunSpecDriver(Driver):
 
     async def release(self) -> None:
         """On stop: give the inverter its full power back (the revert timer would too)."""
-        if self.limiter is None or self._limit_model is None or not self.limiter.enabled:
+        if self.limiter is None or (self._limit_model is None and not self._edpc) or not self.limiter.enabled:
             return
         if self._limit_written is None:
             return

@@ -335,6 +335,8 @@ class SunSpecUnit(SimUnit):
         for m in self.models:
             if m.id in (123, 704) and m.address <= address < m.address + 2 + m.length:
                 self._limit_written_at[m.id] = self.clock()
+        if address == self.EDPC["limit"]:
+            self._limit_written_at[address] = self.clock()
         self.update()
 
     def rated_w(self) -> float:
@@ -370,7 +372,53 @@ class SunSpecUnit(SimUnit):
                 return self.get(m, "WMaxLimPct")
         return None
 
+    # -- SolarEdge Enhanced Dynamic Power Control (32-bit values low word first) ---------------
+    EDPC = {"enable": 0xF300, "max_w": 0xF304, "timeout": 0xF310, "fallback": 0xF312, "ramp_up": 0xF318,
+            "ramp_down": 0xF31A, "limit": 0xF322}
+
+    def add_edpc(self, rated_w: float) -> None:
+        """SolarEdge's own limiter (after the register list dbus-fronius' solaredge_limiter
+        uses): enable u16, max active power f32, command timeout u32 (s, default 60),
+        fallback limit f32 (%, default 100), ramps f32 (%/min, default 5, -1 off), dynamic
+        limit f32 (%). Without a new limit within the timeout the fallback applies."""
+        e = self.EDPC
+        self.define(HOLDING, e["enable"], 0x26)
+        self.holding[e["enable"]] = 0
+        self.set_f32le(e["max_w"], rated_w)
+        self.set_u32le(e["timeout"], 60)
+        for key, value in (("fallback", 100.0), ("ramp_up", 5.0), ("ramp_down", 5.0), ("limit", 100.0)):
+            self.set_f32le(e[key], value)
+        self.allow_write(e["enable"], values=(0, 1))
+        for key in ("timeout", "fallback", "ramp_up", "ramp_down", "limit"):
+            self.allow_write(e[key], 2)
+        self.edpc_rated_w = rated_w
+
+    def set_f32le(self, address: int, value: float) -> None:
+        hi, lo = struct.unpack(">HH", struct.pack(">f", float(value)))
+        self.holding[address], self.holding[address + 1] = lo, hi
+
+    def get_f32le(self, address: int) -> float:
+        return struct.unpack(">f", struct.pack(">HH", self.holding[address + 1], self.holding[address]))[0]
+
+    def set_u32le(self, address: int, value: int) -> None:
+        self.holding[address], self.holding[address + 1] = value & 0xFFFF, (value >> 16) & 0xFFFF
+
+    def get_u32le(self, address: int) -> int:
+        return self.holding[address] | (self.holding[address + 1] << 16)
+
+    def edpc_limit_pct(self) -> float | None:
+        e = self.EDPC
+        if e["enable"] not in self.holding or self.holding[e["enable"]] != 1:
+            return None
+        at = self._limit_written_at.get(e["limit"])
+        if at is not None and self.clock() - at > self.get_u32le(e["timeout"]):
+            return self.get_f32le(e["fallback"])
+        return self.get_f32le(e["limit"])
+
     def output_w(self) -> float:
+        edpc = self.edpc_limit_pct() if hasattr(self, "edpc_rated_w") else None
+        if edpc is not None:
+            return max(0.0, min(self.available_w, self.edpc_rated_w * edpc / 100.0))
         rated = self.rated_w() or math.inf
         cap = rated
         pct = self.limit_pct()
@@ -570,9 +618,11 @@ def sma_like(address: int = 126, *, serial: str = "3001234567", enabled: bool = 
     return u
 
 
-def solaredge_like(address: int = 1, *, serial: str = "7E123456", meter_serial: str = "M0042") -> SunSpecUnit:
+def solaredge_like(address: int = 1, *, serial: str = "7E123456", meter_serial: str = "M0042",
+                   rated_w: float = 8000.0) -> SunSpecUnit:
     """SolarEdge: 1, 103 (int+SF), a second model 1 for its meter, 203, and no end model
-    (zeros follow). Its meter reports export as positive power."""
+    (zeros follow). Its meter reports export as positive power. No model 120/123: the
+    rating and the limit are its own power-control registers (``add_edpc``)."""
     u = SunSpecUnit(address, [1, 103, 1, 203], end_marker=False, trailing_zeros=True, name="SolarEdge-like")
     u.common(1, mn="SolarEdge ", md="SE8K-RW0TEBEN4", sn=serial, vr="0004.0018.0028")
     u.common(2, mn="SolarEdge", md="WND-3Y-400-MB", sn=meter_serial, opt="Export+Import")
@@ -584,6 +634,7 @@ def solaredge_like(address: int = 1, *, serial: str = "7E123456", meter_serial: 
         u.set_sf(meter, sf, e)
     fronius_meter_values(u, meter, sign=-1)
     u.export_positive = True
+    u.add_edpc(rated_w)
     return u
 
 
