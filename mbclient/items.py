@@ -81,6 +81,9 @@ class Item:
     #: established consumers expect one (the management service's ``/Scan``); device
     #: flags stay ints because gui-v2 compares them with ``=== 1``.
     boolean: bool = False
+    #: Tidies an accepted remote write (and a value mirrored from settings) before it is
+    #: stored, e.g. /CustomName without control characters, at most as long as the GUI edits.
+    clean: Callable[[Value], Value] | None = None
 
     @property
     def text(self) -> str:
@@ -114,6 +117,8 @@ class Item:
                 raise ValueError(f"{value} outside {self.min}..{self.max}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{value!r} not one of {self.choices}")
+        if self.clean is not None:
+            value = self.clean(value)
         return value
 
 

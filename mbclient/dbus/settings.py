@@ -43,6 +43,7 @@ from .service import ServiceError
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
+_CLASS = re.compile(r"[a-z][a-z0-9]*")
 SettingValue = int | float | str
 Watcher = Callable[[str, Any], None]
 
@@ -93,8 +94,12 @@ class ClassAndInstance:
 
     @classmethod
     def parse(cls, value: Any) -> ClassAndInstance | None:
+        """``"grid:40"`` -> ClassAndInstance; None for anything that is not a service class
+        (lower-case letters and digits) and a non-negative instance (``grid:-5``, ``:3``)."""
         parsed = parse_class_instance(value)
-        return None if parsed is None else cls(*parsed)
+        if parsed is None or parsed[1] < 0 or not _CLASS.fullmatch(parsed[0]):
+            return None
+        return cls(*parsed)
 
     def __str__(self) -> str:
         return f"{self.role}:{self.instance}"
@@ -291,8 +296,10 @@ class SettingsClient:
         path = device_setting(ident, "ClassAndVrmInstance")
         value = (await self.add([Setting(path, f"{role}:{preferred}")]))[path]
         parsed = ClassAndInstance.parse(value)
-        if parsed is None:
-            raise SettingsError(f"{path} holds {value!r}, not '<class>:<instance>'")
+        if parsed is None:  # edited by hand or by a tool: repaired, so service and setting agree
+            log.warning("%s holds %r, not '<class>:<instance>' with an instance >= 0: set to %s:%d",
+                        path, value, role, preferred)
+            return await self.set_class_and_instance(ident, role, preferred)
         return parsed
 
     async def claim_instance(self, ident: str, role: str, preferred: int) -> int:
@@ -310,14 +317,20 @@ class SettingsClient:
             raise SettingsError(f"{path} does not hold '<class>:<instance>'")
         return parsed
 
-    def watch_device(self, ident: str, callback: Callable[[ClassAndInstance], None]) -> Callable[[], None]:
-        """Follow later changes of the device's class and instance (GUI VRM-instance page)."""
+    def watch_device(
+        self, ident: str, callback: Callable[[ClassAndInstance], None],
+        on_invalid: Callable[[Any], None] | None = None,
+    ) -> Callable[[], None]:
+        """Follow later changes of the device's class and instance (GUI VRM-instance page);
+        ``on_invalid(value)`` hears a value that is no class and instance."""
         path = device_setting(ident, "ClassAndVrmInstance")
 
         def on_change(_path: str, value: Any) -> None:
             parsed = ClassAndInstance.parse(value)
             if parsed is not None:
                 callback(parsed)
+            elif on_invalid is not None and value is not None:
+                on_invalid(value)
 
         return self.watch(path, on_change)
 
@@ -355,7 +368,15 @@ def mirror_setting(settings: SettingsClient, store: ItemStore, item_path: str, s
         return True
 
     def on_setting(_path: str, value: Any) -> None:
-        if value is not None and item_path in store and store.set(item_path, value):
+        if value is None or item_path not in store:
+            return
+        clean = store.item(item_path).clean
+        tidy = clean(value) if clean is not None else value
+        if tidy != value:  # written elsewhere untidied: the setting follows what is published
+            task = asyncio.get_running_loop().create_task(write_through(tidy))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if store.set(item_path, tidy):
             store.flush()
 
     item.on_write = on_write

@@ -372,6 +372,11 @@ class DeviceTask:
             known=known,
             custom_name=str(values.get(self._setting("CustomName"), "")),
         )
+        stored_name = values.get(self._setting("CustomName"), "")
+        if store[sp.P_CUSTOM_NAME] != stored_name:  # edited elsewhere: setting and service agree
+            self.log.warning("CustomName %r tidied to %r (no control characters, at most %d)", stored_name,
+                             store[sp.P_CUSTOM_NAME], sp.CUSTOM_NAME_MAX)
+            await settings.set(self._setting("CustomName"), store[sp.P_CUSTOM_NAME])
         if len(model.allowed_roles) > 1:
             sp.add_role_paths(store, self.role, model.allowed_roles, self._on_role_write)
         self.driver.add_items()
@@ -396,7 +401,7 @@ class DeviceTask:
         await self.export.start(self.service_name)
         self._attach_demand()
         self._undo.append(self._detach)
-        self._undo.append(settings.watch_device(self.ident, self._class_instance_changed))
+        self._undo.append(settings.watch_device(self.ident, self._class_instance_changed, self._class_instance_invalid))
         if self.dyngen is not None:
             self._undo.append(self._start_controller(self.dyngen))
         self.published.set()
@@ -531,6 +536,20 @@ class DeviceTask:
             self.store.flush()
             self.log.info("device instance now %d", ci.instance)
 
+    def _class_instance_invalid(self, value: Any) -> None:
+        """Not a class and instance (``grid:-5``, garbage): the service keeps its own, and
+        the setting is set back to it, so the two never disagree."""
+        self.log.warning("ClassAndVrmInstance %r is not '<class>:<instance>' with an instance >= 0: "
+                         "set back to %s:%d", value, self.role, self.instance)
+        self._spawn(self._restore_class_instance)
+
+    async def _restore_class_instance(self) -> None:
+        async with self._role_lock:
+            try:
+                await self.settings.set(self._setting("ClassAndVrmInstance"), f"{self.role}:{self.instance}")
+            except Exception as exc:  # noqa: BLE001 - the next change tries again
+                self.log.warning("cannot restore ClassAndVrmInstance: %s", reason(exc))
+
     async def _change_role(self, role: str, instance: int | None) -> None:
         """Move the service to its new name (consumers rescan it) keeping the instance."""
         async with self._role_lock:
@@ -538,10 +557,14 @@ class DeviceTask:
             if role == self.role or store is None or export is None:
                 return
             if role not in self.model.allowed_roles:
-                self.log.warning("role %r not allowed for %s; keeping %s", role, self.model.name, self.role)
+                asked = "/Role" if instance is None else f"ClassAndVrmInstance {role}:{instance}"
+                self.log.warning("%s: role %r not allowed for %s; keeping %s:%d", asked, role, self.model.name,
+                                 self.role, self.instance)
                 if sp.P_ROLE in store:
                     store.set(sp.P_ROLE, self.role)
                     store.flush()
+                if instance is not None:  # it came from the setting: set it back, never disagree
+                    await self.settings.set(self._setting("ClassAndVrmInstance"), f"{self.role}:{self.instance}")
                 return
             if instance is None:  # asked on /Role: write the class, settings settle the number
                 ci = await self.settings.set_class_and_instance(self.ident, role, self.instance)

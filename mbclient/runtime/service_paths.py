@@ -7,6 +7,7 @@ even when their values are still invalid (a device known from settings but aslee
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,18 @@ def _or_none(text: str) -> str | None:
     return text or None
 
 
+#: gui-v2's device page edits a custom name of at most 32 characters.
+CUSTOM_NAME_MAX = 32
+_NOT_TEXT = {"Cc", "Cs", "Zl", "Zp"}  # control characters, lone surrogates, line/paragraph breaks
+
+
+def clean_custom_name(value: Any) -> str:
+    """What /CustomName may hold: no control characters (a name is one line of text, shown
+    in the GUI and on VRM), at most :data:`CUSTOM_NAME_MAX` characters."""
+    text = "".join(ch for ch in str(value) if unicodedata.category(ch) not in _NOT_TEXT)
+    return text[:CUSTOM_NAME_MAX]
+
+
 def add_generic_paths(
     store: ItemStore,
     *,
@@ -62,7 +75,8 @@ def add_generic_paths(
     store.add(P_HARDWARE, None, kind=str)
     store.add(P_SERIAL, None, kind=str)
     store.add(P_CONNECTED, 0, kind=int)
-    store.add(P_CUSTOM_NAME, custom_name, kind=str, writable=True, on_write=on_custom_name)
+    store.add(P_CUSTOM_NAME, clean_custom_name(custom_name), kind=str, writable=True, on_write=on_custom_name,
+              clean=clean_custom_name)
     if known is not None:
         set_identity(store, known, product_name)
 
