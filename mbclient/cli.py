@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--mode", choices=("rtu", "ascii"), default="rtu", help="serial framing (default rtu)")
     p.add_argument("-F", "--force-devices", action="append", metavar="SPECS",
                    help="comma list of device specs to run in addition to the saved list (repeatable)")
-    p.add_argument("-x", "--exit", action="store_true", help="exit on any device error (runit restarts)")
+    p.add_argument("-x", "--exit", action="store_true", help="exit with status 1 when a device that was online "
+                   "fails, or (serial port) when nothing answers at start; runit or serial-starter restarts it")
     p.add_argument("-d", "--debug", action="store_true", help="debug logging")
     p.add_argument("--models", action="store_true", help="list supported device models (and their files) and exit")
     p.add_argument("--devices", action="append", metavar="DIR",

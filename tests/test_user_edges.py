@@ -107,3 +107,37 @@ async def test_liveview_runs_as_the_readme_says(dbus_address: str, tmp_path) -> 
     assert code == 0, err
     lines = [ln for ln in out.splitlines() if "eastron_23000123" in ln]
     assert lines and "W" in lines[-1], out
+
+
+@pytest.mark.timeout(90)
+async def test_exit_flag_ends_the_process_when_a_running_device_fails(dbus_address: str, tmp_path) -> None:
+    """-x as the README says: a device that was online and stops answering for the grace
+    period ends the process with status 1 and one line; one asleep since start does not."""
+    async with site_on_pty(tmp_path) as (site, port):
+        settings = str(tmp_path / "settings.json")
+        observer = await Observer.connect(dbus_address)
+        try:
+            async with running_cli("-x", "--grace", "1", "-F", str(spec_for(port.path, 2, "sdm230")),
+                                   "--dbus", dbus_address, "--settings", settings) as proc:
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1, timeout=20)
+                site.meter.asleep = True
+                code, _out, err = await finish(proc, 30)
+            assert code == 1, err
+            assert "Traceback" not in err
+            lines = [ln for ln in err.splitlines() if "exiting (-x)" in ln]
+            assert len(lines) == 1 and "no answer for" in lines[0], err
+
+            # known from that run, asleep from the start: published with /Connected=0, no exit
+            async with running_cli("-x", "--grace", "1", "-F", str(spec_for(port.path, 2, "sdm230")),
+                                   "--dbus", dbus_address, "--settings", settings) as proc:
+                await observer.wait_name(METER, timeout=20)
+                await asyncio.sleep(3)
+                assert proc.returncode is None
+                assert await observer.get(METER, "/Connected") == 0
+                site.meter.asleep = False  # back, then gone again: that is a failure
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1, timeout=20)
+                site.meter.asleep = True
+                code, _out, err = await finish(proc, 30)
+            assert code == 1 and "exiting (-x)" in err, err
+        finally:
+            observer.close()

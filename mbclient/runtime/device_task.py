@@ -80,6 +80,11 @@ class DeviceReplaced(Exception):
     """Another device answers at this address: start the lifecycle over."""
 
 
+class DeviceFailed(MbclientError):
+    """With ``-x``: a device that was online stopped answering (or lost its port); the
+    process exits so that runit, or serial-starter's probe cycle, starts over."""
+
+
 class DuplicateDevice(MbclientError):
     """Two configured specs reach the same device (a host alias, an RTU gateway): it runs
     once, through the spec that published it first; the other waits for a change."""
@@ -151,6 +156,7 @@ class DeviceTask:
         self.role = ""
         self.instance = -1
         self.never_answered = True  # in this run (a device published from memory)
+        self.was_online = False  # in this run: with -x, its failure ends the process
         self.failures = 0  # consecutive
         self.last_ok = 0.0
         self.since = 0.0  # when the current state began
@@ -585,6 +591,7 @@ class DeviceTask:
     # ------------------------------------------------------------------------------- states
     def _enter(self, state: DeviceState, now: float, message: str) -> None:
         self.state = state
+        self.was_online = self.was_online or state is DeviceState.ONLINE
         self.since = now
         if self.health is not None:
             self.health.set_state(state.value)
@@ -624,6 +631,8 @@ class DeviceTask:
             self._go_asleep(now, f"no answer for {now - self.last_ok:.1f} s")
 
     def _go_asleep(self, now: float, why: str) -> None:
+        if self.cfg.exit_on_error and self.was_online:
+            raise DeviceFailed(f"failed: {why}")
         self.store.set(sp.P_CONNECTED, 0)
         self.driver.go_offline()
         self.health.refresh.gap()
