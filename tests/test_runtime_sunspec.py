@@ -85,3 +85,32 @@ async def test_zero_export_controller_limits_a_sunspec_inverter(make, dbus_addre
             await wait_until(lambda: inv.limit_pct() is not None and inv.limit_pct() < 100, timeout=20,
                              what="a limit written through the SunSpec controls")
             await wait_until(lambda: inv.output_w() < 6000.0, what="output curtailed")
+
+
+async def test_a_remembered_sunspec_meter_is_published_at_night_and_fills_in(dbus_address: str, tmp_path) -> None:
+    """A GX rebooted while the data manager sleeps: the chain's meter (device 2) is
+    published at once from memory with /Connected = 0, then resolved when it answers."""
+    u = fronius_like(1)
+    u.start_physics()
+    settings_file = tmp_path / "settings.xml"
+    async with tcp(u) as port:
+        specs = [spec(port, 1, "sunspec@2")]
+        config = fast_config(dbus_address, settings_file, specs)
+        observer = await Observer.connect(dbus_address)
+        try:
+            async with running_supervisor(config):
+                await observer.wait_for(METER, "/Ac/Power", lambda v: v == sum(GRID_W))
+                instance = await observer.get(METER, "/DeviceInstance")
+            await observer.wait_name(METER, present=False)
+            u.asleep = True
+            async with running_supervisor(config):
+                await observer.wait_name(METER, timeout=5)
+                assert await observer.get(METER, "/Connected") == 0
+                assert await observer.get(METER, "/DeviceInstance") == instance
+                assert await observer.get(METER, "/Ac/Power") is None
+                u.asleep = False
+                await observer.wait_for(METER, "/Connected", lambda v: v == 1)
+                await observer.wait_for(METER, "/Ac/Power", lambda v: v == sum(GRID_W))
+                assert await observer.get(METER, "/Ac/L3/Voltage") is not None
+        finally:
+            observer.close()

@@ -482,6 +482,7 @@ class SunSpecDriver(Driver):
         self._limit_sf: int | None = None
         self._limit_refreshed = -math.inf
         self._limit_written: int | None = None  # percent in force by our write (None: released)
+        self._placeholders: set[str] = set()  # paths published before the chain was walked
         self._edpc = False  # SolarEdge's own limiter in use
         self._edpc_configured = False
         self._null_since: float | None = None
@@ -570,6 +571,9 @@ class SunSpecDriver(Driver):
         else:
             self.limiter = None
         if self._items_added:
+            for path in self._placeholders - {d.name for d in model.derived}:
+                self.store.remove(path)
+            self._placeholders.clear()
             for d in model.derived:
                 if d.name not in self.store:
                     self.store.add(d.name, self.values.get(d.name), unit=d.unit, precision=d.precision,
@@ -678,6 +682,14 @@ class SunSpecDriver(Driver):
         super().add_items()
         if self.model.is_meter and "/NrOfPhases" in self.store:
             self.store.set("/NrOfPhases", self.phases)
+        if self.device is None:
+            # Published from memory before the unit answered (a sleeping inverter or data
+            # manager at boot): the usual paths of its kind, invalid, so consumers that scan
+            # a service once find them; the chain walk then drops what the device lacks.
+            for path, unit in _placeholder_paths(self.model.is_meter):
+                if path not in self.store:
+                    self.store.add(path, None, unit=unit, precision=0 if unit == "W" else 2, kind=float)
+                    self._placeholders.add(path)
 
     # -- values ----------------------------------------------------------------------------------------
     def _scaled_value(self, model: ChainModel, point: str) -> float | None:
@@ -859,6 +871,17 @@ class SunSpecDriver(Driver):
             return
         await self._write_rate(100)
         self.log.info("%s: power limit released on stop", self.model.name)
+
+
+def _placeholder_paths(meter: bool) -> list[tuple[str, str]]:
+    """The paths a three-phase SunSpec meter or inverter of this kind usually publishes."""
+    paths = [("/Ac/Power", "W"), ("/Ac/Current", "A"), ("/Ac/Frequency", "Hz"), ("/Ac/Energy/Forward", "kWh")]
+    per_phase = [("Voltage", "V"), ("Current", "A"), ("Power", "W")]
+    if meter:
+        paths.append(("/Ac/Energy/Reverse", "kWh"))
+        per_phase += [("Energy/Forward", "kWh"), ("Energy/Reverse", "kWh")]
+    paths += [(f"/Ac/L{n}/{name}", unit) for n in (1, 2, 3) for name, unit in per_phase]
+    return paths
 
 
 def _is_null_frame(words: Sequence[int], status_offset: int | None, first_offset: int) -> bool:
