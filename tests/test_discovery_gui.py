@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
+import string
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +32,12 @@ SETTINGS = "com.victronenergy.settings"
 TCP_MGMT = "com.victronenergy.modbusclient.tcp"
 DEVICES = "/Settings/ModbusClient/tcp/Devices"
 AUTOSCAN = "/Settings/ModbusClient/tcp/AutoScan"
+
+
+def unique_serial() -> str:
+    """mDNS on loopback is shared by every process of this machine (another test run may
+    announce meters at the same time): each test's meter gets a serial of its own."""
+    return "HQ" + "".join(random.choices(string.ascii_uppercase + string.digits, k=9))
 
 
 def free_port(host: str) -> int:
@@ -282,7 +290,7 @@ async def mdns_responder(name: str, host: str, port: int) -> AsyncIterator[Any]:
     zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     info = AsyncServiceInfo("_victron-energy-meter._udp.local.", f"{name}._victron-energy-meter._udp.local.",
                             addresses=[socket.inet_aton(host)], port=port, server=f"{name}.local.")
-    await zc.async_register_service(info, strict=False)
+    await zc.async_register_service(info, strict=False, allow_name_change=True)
     try:
         yield zc, info
     finally:
@@ -314,35 +322,36 @@ async def test_mdns_discovered_meter_is_listed_and_switched_by_the_gui(dbus_addr
     from mbclient.sim.vreg import VictronMeterSim
 
     host = "127.77.5.2"
-    meter = VictronMeterSim(serial="HQ2299ZZZ01")
+    serial = unique_serial()
+    meter = VictronMeterSim(serial=serial)
     async with serve_udp(meter, host=host, port=0) as server, \
-            mdns_responder("VM-3P75CT HQ2299ZZZ01", host, server.port) as (_zc, info):
+            mdns_responder(f"VM-3P75CT {serial}", host, server.port) as (_zc, info):
         obs = await Observer.connect(dbus_address)
         try:
             cfg = net_config(dbus_address, tmp_path, 502, mdns=True, mdns_interfaces=("127.0.0.1",))
             async with running_supervisor(cfg) as sup:
                 await obs.wait_name(TCP_MGMT)
                 changes = await items_changed_listener(obs, TCP_MGMT)
-                base = "/Devices/ve_HQ2299ZZZ01"
+                base = f"/Devices/ve_{serial}"
                 await obs.wait_for(TCP_MGMT, f"{base}/Enabled", lambda v: v == 0, timeout=20)
                 raw = await raw_value(obs, TCP_MGMT, f"{base}/Enabled")
                 assert raw.signature == "i"  # gui-v2 compares with === 1
-                assert await obs.get(TCP_MGMT, f"{base}/Serial") == "HQ2299ZZZ01"
+                assert await obs.get(TCP_MGMT, f"{base}/Serial") == serial
                 assert "VM-3P75CT" in await obs.get(TCP_MGMT, f"{base}/Name")
                 added = [c for c in changes if f"{base}/Enabled" in c]
                 assert added and set(added[0]) >= {f"{base}/Enabled", f"{base}/Name", f"{base}/Serial"}
                 # never written to the Devices list, and not running while disabled
                 assert await obs.get(SETTINGS, DEVICES) == ""
-                assert await obs.get(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ01/Enabled") == 0
-                names = [n for n in await obs.names() if n.endswith("ve_HQ2299ZZZ01")]
+                assert await obs.get(SETTINGS, f"/Settings/Devices/ve_{serial}/Enabled") == 0
+                names = [n for n in await obs.names() if n.endswith(f"ve_{serial}")]
                 assert names == []
 
                 # the GUI's switch: int 1 starts the device's own service, 0 removes it
                 assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 1)) == 0
-                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ01", timeout=20)
-                await obs.wait_for(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ01/Enabled", lambda v: v == 1)
+                await obs.wait_name(f"com.victronenergy.grid.ve_{serial}", timeout=20)
+                await obs.wait_for(SETTINGS, f"/Settings/Devices/ve_{serial}/Enabled", lambda v: v == 1)
                 assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 0)) == 0
-                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ01", present=False, timeout=20)
+                await obs.wait_name(f"com.victronenergy.grid.ve_{serial}", present=False, timeout=20)
                 assert await gui_set(obs, TCP_MGMT, f"{base}/Enabled", Variant("i", 2)) == 2  # 0/1 only
                 assert await obs.get(SETTINGS, DEVICES) == ""
 
@@ -371,18 +380,54 @@ async def test_mdns_device_this_gx_knew_starts_enabled(dbus_address: str, tmp_pa
     store = SettingsClient
     sc = await store.connect(dbus_address, embedded_path=tmp_path / "settings.json", force_embedded=True,
                              save_delay=0)
-    await sc.claim_device("ve_HQ2299ZZZ02", "grid", 40)  # a device this GX had before
+    serial = unique_serial()
+    await sc.claim_device(f"ve_{serial}", "grid", 40)  # a device this GX had before
     await sc.close()
     host = "127.77.5.3"
-    async with serve_udp(VictronMeterSim(serial="HQ2299ZZZ02"), host=host, port=0) as server, \
-            mdns_responder("VM-3P75CT HQ2299ZZZ02", host, server.port):
+    async with serve_udp(VictronMeterSim(serial=serial), host=host, port=0) as server, \
+            mdns_responder(f"VM-3P75CT {serial}", host, server.port):
         obs = await Observer.connect(dbus_address)
         try:
             cfg = net_config(dbus_address, tmp_path, 502, mdns=True, mdns_interfaces=("127.0.0.1",))
             async with running_supervisor(cfg):
-                await obs.wait_name("com.victronenergy.grid.ve_HQ2299ZZZ02", timeout=20)
-                assert await obs.get(TCP_MGMT, "/Devices/ve_HQ2299ZZZ02/Enabled") == 1
-                assert await obs.get(SETTINGS, "/Settings/Devices/ve_HQ2299ZZZ02/Enabled") == 1
+                await obs.wait_name(f"com.victronenergy.grid.ve_{serial}", timeout=20)
+                assert await obs.get(TCP_MGMT, f"/Devices/ve_{serial}/Enabled") == 1
+                assert await obs.get(SETTINGS, f"/Settings/Devices/ve_{serial}/Enabled") == 1
                 assert await obs.get(SETTINGS, DEVICES) == ""
+        finally:
+            obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_autoscan_repeats_while_a_saved_device_is_missing(dbus_address: str, tmp_path) -> None:
+    from mbclient.dbus.settings import Setting, SettingsClient
+
+    bus = SimBus(baud=38400, units=[sdm230(1, serial=23000111)])
+    async with serve_rtu(bus, directory=tmp_path, link_name="ttyUSB4", strict_baud=True) as port:
+        saved = "/Settings/ModbusClient/ttyUSB4/Devices"
+        sc = await SettingsClient.connect(dbus_address, embedded_path=tmp_path / "settings.json",
+                                          force_embedded=True, save_delay=0)
+        await sc.add([Setting(saved, f"rtu:{port.path}:38400:5")])  # saved earlier; unit 5 is gone
+        await sc.close()
+        obs = await Observer.connect(dbus_address)
+        try:
+            cfg = fast_config(dbus_address, tmp_path / "settings.json", [], port_name="ttyUSB4",
+                              discovery=DiscoveryConfig(serial_port=port.path, rates=(38400,), start_delay=0.3,
+                                                        rescan_interval=0.5, mdns=False))
+            async with running_supervisor(cfg) as sup:
+                # the missing unit triggers the start-up scan, which finds unit 1; unit 5 is kept
+                await obs.wait_for(SETTINGS, saved,
+                                   lambda v: v == f"rtu:{port.path}:38400:1,rtu:{port.path}:38400:5")
+                await obs.wait_name("com.victronenergy.grid.eastron_23000111")
+                await wait_until(lambda: sup.discovery.scans >= 3, 10, "rescans while unit 5 is missing")
+                # "Automatic scanning" off: no more scans
+                assert await gui_set(obs, SETTINGS, "/Settings/ModbusClient/ttyUSB4/AutoScan", Variant("i", 0)) == 0
+                await wait_until(lambda: sup.discovery.autoscan == 0, 5, "AutoScan off")
+                await wait_until(lambda: not sup.discovery.busy, 5, "scan over")
+                n = sup.discovery.scans
+                await anyio.sleep(1.5)
+                assert sup.discovery.scans == n
+                assert bus[1].counters.writes == 0
         finally:
             obs.close()

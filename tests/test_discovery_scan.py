@@ -165,14 +165,21 @@ async def test_scan_interleaves_with_a_running_device_on_the_same_line(tmp_path)
                 scan = SerialScan(links, port.path, rates=[9600], full=True, skip_units=[2], full_timeout=0.02)
                 assert scan.rates == [115200]  # the line's rate, whatever was asked
                 before = polls
+
+                async def stop_after_100() -> None:
+                    await wait_until(lambda: scan.done >= 100, 20, "100 probes")
+                    scan.stop()
+
+                tg.start_soon(stop_after_100)
                 await scan.run()
                 during = polls - before
                 tg.cancel_scope.cancel()
+            assert 100 <= scan.done < 247 and scan.stopped
+            assert links.links() == [link]  # the device's link stays open after the scan
         finally:
             await links.aclose()
-    assert during > 20, during
+    assert during > 20, during  # ~2.5 s of scanning: the device kept its turns
     assert bus.collided_frames() == []
-    assert links.links() == []
 
 
 @pytest.mark.asyncio
