@@ -114,3 +114,24 @@ async def test_a_remembered_sunspec_meter_is_published_at_night_and_fills_in(dbu
                 assert await observer.get(METER, "/Ac/L3/Voltage") is not None
         finally:
             observer.close()
+
+
+async def test_a_network_scan_finds_every_device_of_a_chain() -> None:
+    import ipaddress
+    import socket
+
+    from mbclient.discovery.netscan import NetworkScan, parse_networks
+
+    host = "127.77.17.2"
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    async with serve_tcp([fronius_like(1)], host=host, port=port, turnaround=False):
+        scan = NetworkScan(parse_networks(["127.77.17.0/30"]), port=port, timeout=0.2,
+                           own={ipaddress.IPv4Address("127.77.17.1")})
+        found = await scan.run()
+    got = sorted((str(f.spec), f.model, f.ident, f.role) for f in found)
+    assert got == [
+        (f"tcp:{host}:{port}:1", "sunspec_inverter", "sunspec_31234567", "pvinverter"),
+        (f"tcp:{host}:{port}:1:sunspec@2", "sunspec_meter", "sunspec_31234567_2", "grid"),
+    ]

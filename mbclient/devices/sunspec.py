@@ -540,6 +540,7 @@ class SunSpecDriver(Driver):
         if mppt is not None:
             n = (await client.read_holding(mppt.address + DEFS.layouts[160].points["N"].offset, 1, timeout=timeout))[0]
             trackers = 0 if n == 0xFFFF else n
+        self.devices_behind = len(devices)  # scans offer the others as <family>@<n>
         self._adopt(device, vendor, phases, trackers)
         if device.kind == "inverter":
             await self._read_limit_setup(client, timeout)

@@ -191,10 +191,10 @@ class NetworkScan:
                     found = await probe_unit(link, spec, timeout=self.timeout)
                 except LinkDown:
                     return  # refused, unreachable: nobody there
-                if found is not None:
-                    self.found.append(found)
+                for one in (found, *found.more) if found is not None else ():
+                    self.found.append(one)
                     if self.on_found is not None:
-                        self.on_found(found)
+                        self.on_found(one)
         finally:
             with anyio.CancelScope(shield=True):
                 await link.aclose()

@@ -75,6 +75,9 @@ class Found:
     ident: str = ""  # <vendor>_<serial>: the /Settings/Devices/<ident> element
     role: str = ""
     problem: str = ""  # why the model is None
+    #: The other devices behind the same unit address (a SunSpec chain's meter after its
+    #: inverter), each with a ``<model>@<n>`` spec; found with the first one.
+    more: tuple[Found, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -114,7 +117,9 @@ async def probe_unit(link: Link, spec: DeviceSpec, *, timeout: float) -> Found |
         raise
     except (ModbusError, ConfigError, ValueError) as exc:
         return Found(spec, model.name, product=model.product_name, problem=f"identity not readable ({exc})")
+    model = driver.model  # a family resolves to the model it found (SunSpec)
     serial = str(identity.serial)
+    more = await _devices_behind(client, spec, model, getattr(driver, "devices_behind", 1))
     return Found(
         spec,
         model.name,
@@ -122,4 +127,26 @@ async def probe_unit(link: Link, spec: DeviceSpec, *, timeout: float) -> Found |
         product=identity.product_name or model.product_name,
         ident=model.ident(serial),
         role=model.default_role,
+        more=more,
     )
+
+
+async def _devices_behind(client: ScanClient, spec: DeviceSpec, model: devices.Model, count: int) -> tuple[Found, ...]:
+    """Devices 2..count behind one unit address (``driver.devices_behind``), as
+    ``<family>@<n>`` specs; one whose identity cannot be read is left out."""
+    family = model.family or model.name
+    out: list[Found] = []
+    for index in range(2, min(count, model.max_devices) + 1):
+        sub = DeviceSpec(spec.method, spec.target, spec.rate, spec.unit, family, index)
+        try:
+            driver = devices.get_model(family).create(client, ItemStore(), devices.DeviceOptions(index=index))
+            identity = await driver.read_identity()
+        except LinkDown:
+            raise
+        except (ModbusError, ConfigError, ValueError) as exc:
+            log.debug("[%s] not readable: %s", sub, exc)
+            continue
+        m, serial = driver.model, str(identity.serial)
+        out.append(Found(sub, m.name, serial=serial, product=identity.product_name or m.product_name,
+                         ident=m.ident(serial), role=m.default_role))
+    return tuple(out)

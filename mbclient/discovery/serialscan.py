@@ -150,10 +150,10 @@ class SerialScan:
                 spec = DeviceSpec(self.mode, self.port, rate, unit)
                 found = await probe_unit(link, spec, timeout=timeout)
                 self.done += 1
-                if found is not None:
-                    self.found.append(found)
+                for one in (found, *found.more) if found is not None else ():
+                    self.found.append(one)
                     if self.on_found is not None:
-                        self.on_found(found)
+                        self.on_found(one)
                 self._report()
 
     def _report(self, force: bool = False) -> None:
