@@ -17,7 +17,8 @@ import pytest
 from mbclient.devices import DeviceOptions, identify
 from mbclient.items import ItemStore
 from mbclient.sim import SimBus, SimUnit, serve_rtu
-from mbclient.sim.meters import AbbMeter, CarloGavazziMeter, EvChargingStation, P1Link
+from mbclient.errors import ConfigError
+from mbclient.sim.meters import AbbMeter, CarloGavazziMeter, EvChargingStation, P1Link, SmappeePowerBox
 from mbclient.sim.net import serve_tcp, serve_udp
 from mbclient.transports.base import UnitClient
 from mbclient.transports.rtu import RtuLink
@@ -224,3 +225,39 @@ async def test_ev_charging_station_old_firmware_lacks_newer_rows(tmp_path) -> No
     assert model.name == "evcs_ac22e" and identity.firmware == "v1.20"
     assert "/EnableDisplay" not in store and "/MinCurrent" not in store
     assert store["/MaxCurrent"] == 32
+
+
+# --- Smappee ------------------------------------------------------------------------------------------
+
+
+async def test_smappee_power_box_guesses_cts_and_publishes_the_virtual_meter(tmp_path) -> None:  # noqa: ANN001
+    box = SmappeePowerBox(61, number=654321, hub_slots=(4, 5, 6, 7))  # no CT assigned yet
+    box.measure((231.0, 229.0, 230.0), {4: -1150.0, 5: 460.0, 6: 690.0, 7: 99.0},
+                {4: (1000.0, 25000.0), 5: (2500.0, 0.0), 6: (3000.0, 0.0)})
+    async with served(box, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 61)
+    assert model.name == "smappee_powerbox" and model.product_id == 0xB018
+    assert service == "com.victronenergy.grid.smappee_5400654321" and identity.firmware == "1.44"
+    # the first three CTs became L1-L3, saved; the fourth stays unassigned
+    assert [box.phase_of(s) for s in (4, 5, 6, 7)] == [0, 1, 2, -1] and box.saved == 1
+    assert store["/NrOfPhases"] == 3
+    assert store["/Ac/L1/Power"] == pytest.approx(-1150.0) and store["/Ac/L1/Voltage"] == pytest.approx(231.0)
+    assert store["/Ac/L2/Current"] == pytest.approx(460.0 / 229.0, abs=1e-3)
+    assert store["/Ac/Power"] == pytest.approx(0.0)  # -1150 + 460 + 690 (the 4th CT is no phase)
+    assert store["/Ac/L1/Energy/Reverse"] == pytest.approx(25.0)
+    assert store["/Ac/Energy/Forward"] == pytest.approx(6.5)
+    assert store["/Ac/Frequency"] == pytest.approx(50.0)
+
+
+async def test_smappee_keeps_configured_cts_and_refuses_old_firmware(tmp_path) -> None:  # noqa: ANN001
+    box = SmappeePowerBox(61, hub_slots=(2, 3), ct_phases=(1, 0))  # slot 2 on L1, slot 3 unassigned
+    box.measure((230.0, 230.0, 230.0), {2: 2300.0, 3: 50.0}, {2: (1500.0, 0.0)})
+    async with served(box, "rtu", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 61)
+    assert [box.phase_of(s) for s in (2, 3)] == [0, -1]
+    assert store["/NrOfPhases"] == 1 and "/Ac/L2/Power" not in store
+    assert store["/Ac/Power"] == pytest.approx(2300.0) and store["/Ac/L1/Current"] == pytest.approx(10.0)
+    old = SmappeePowerBox(61, version=(1, 43))
+    async with served(old, "tcp", tmp_path) as link:
+        with pytest.raises(ConfigError, match="matches no known model"):
+            await identify(UnitClient(link, 61), timeout=1.0)

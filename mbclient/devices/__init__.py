@@ -165,7 +165,7 @@ async def identify(client: UnitClient, *, timeout: float = 1.0) -> Model:
 
 
 # Importing the family modules registers their code; then the files (keep this at the bottom).
-from . import carlo_gavazzi, eastron, growatt, plain, shelly, sunspec, victron_em, victron_evcs  # noqa: E402,F401
+from . import carlo_gavazzi, eastron, growatt, plain, shelly, sunspec, smappee, victron_em, victron_evcs  # noqa: E402,F401
 from .definition import Family, families_in, load_family  # noqa: E402
 
 _load_builtin()

@@ -7,7 +7,8 @@ in kW, model code 0x2007 at 0x1010, serial u32 at 0x4000).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Mapping, Sequence
 
 from .unit import HOLDING, SimUnit
 
@@ -336,3 +337,88 @@ class EvChargingStation(SimUnit):
         self.set_u16(HOLDING, 5014, 3 * 230 * amps)
         self.set_u16(HOLDING, 5018, amps * 10)
         self.set_u16(HOLDING, 5015, 2 if charging else 1)
+
+
+# --- Smappee Power Box --------------------------------------------------------------------------------
+
+
+class SmappeePowerBox(SimUnit):
+    """Smappee Power Box (MOD-VAC-1), unit 61, holding registers, 32-bit values low word
+    first: device type 0x1620 (5400), serial number 0x1622-0x1623, version 0x1624 (minor)
+    and 0x1625 (major); phase voltages f32 at 0x0000 + 4·phase; per CT slot: current f32
+    0x0080 + 4·slot, power f32 0x0380 + 2·slot, energy import / export s32 Wh 0x3000 + 4·slot
+    / + 2; CT phase 0x1000 + slot (1/2/4 L1-L3, 16/32/64 reversed, 0 none), CT type 0x1100 +
+    slot, slot mapping 0x1140-0x115B, phase configuration 0x1180; bus devices at 0x1480 +
+    0x20·n (type: 5500 CT hub; channel count; the slot of channel c at + 0x0A + c, skipping
+    one register after the eighth); the virtual meter's slot mask 0x1400 (s32) with its
+    power f32 0x03C0 and energies 0x3100 / 0x3102; frequency f32 0x03F8, nominal 0x03F6;
+    0xFDE8 = 1 saves the configuration."""
+
+    def __init__(self, address: int = 61, *, number: int = 123456, version: tuple[int, int] = (1, 44),
+                 hub_slots: Sequence[int] = (4, 5, 6, 7), ct_phases: Sequence[int] = (0, 0, 0, 0), **kw: object) -> None:
+        super().__init__(address, name="Smappee Power Box", **kw)  # type: ignore[arg-type]
+        self.define(HOLDING, 0x0000, 0x400)
+        self.define(HOLDING, 0x1000, 0x200)
+        self.define(HOLDING, 0x1400, 0x220)  # virtual meter, 10 bus devices
+        self.define(HOLDING, 0x1620, 8)
+        self.define(HOLDING, 0x3000, 0x110)
+        self.set_u16(HOLDING, 0x1620, 5400)
+        self._u32le(0x1622, number)
+        self.holding[0x1624], self.holding[0x1625] = version[1], version[0]
+        self._f32le(0x03F6, 50.0)
+        self._f32le(0x03F8, 50.0)
+        self.set_u16(HOLDING, 0x1480, 5500)  # one CT hub
+        self.set_u16(HOLDING, 0x1481, len(hub_slots))
+        for c, slot in enumerate(hub_slots):
+            self.set_u16(HOLDING, 0x1480 + 0x0A + c + (c > 7), slot)
+            self.set_u16(HOLDING, 0x1000 + slot, ct_phases[c])
+        self.allow_write(0x1000, MAX_SLOTS_SIM)
+        self.allow_write(0x1140, MAX_SLOTS_SIM)
+        self.allow_write(0x1400, 2)
+        self.allow_write(0xFDE8)
+        self.saved = 0
+        self.volts = [230.0, 230.0, 230.0]
+        self.slot_watts: dict[int, float] = {}
+        self.slot_wh: dict[int, tuple[float, float]] = {}
+
+    def _u32le(self, addr: int, value: int) -> None:
+        v = int(value) & 0xFFFFFFFF
+        self.holding[addr], self.holding[addr + 1] = v & 0xFFFF, v >> 16
+
+    def _f32le(self, addr: int, value: float) -> None:
+        hi, lo = struct.unpack(">HH", struct.pack(">f", float(value)))
+        self.holding[addr], self.holding[addr + 1] = lo, hi
+
+    def measure(self, volts: Sequence[float], slot_watts: Mapping[int, float],
+                slot_wh: Mapping[int, tuple[float, float]], hz: float = 50.0) -> None:
+        self.volts, self.slot_watts, self.slot_wh = list(volts), dict(slot_watts), dict(slot_wh)
+        self._f32le(0x03F8, hz)
+        self._refresh()
+
+    def applied_write(self, address: int, values: list[int]) -> None:
+        if address == 0xFDE8:
+            self.saved += 1
+        self._refresh()
+
+    def phase_of(self, slot: int) -> int:
+        return {1: 0, 16: 0, 2: 1, 32: 1, 4: 2, 64: 2}.get(self.holding[0x1000 + slot], -1)
+
+    def _refresh(self) -> None:
+        for ph in range(3):
+            self._f32le(0x0000 + 4 * ph, self.volts[ph])
+        for slot, w in self.slot_watts.items():
+            ph = self.phase_of(slot)
+            volts = self.volts[ph] if ph >= 0 else 230.0
+            self._f32le(0x0080 + 4 * slot, abs(w) / volts)
+            self._f32le(0x0380 + 2 * slot, w)
+            imp, exp = self.slot_wh.get(slot, (0.0, 0.0))
+            self._u32le(0x3000 + 4 * slot, round(imp))
+            self._u32le(0x3002 + 4 * slot, round(exp))
+        mask = self.holding[0x1400] | self.holding[0x1401] << 16
+        in_mask = [s for s in range(MAX_SLOTS_SIM) if mask >> s & 1]
+        self._f32le(0x03C0, sum(self.slot_watts.get(s, 0.0) for s in in_mask))
+        self._u32le(0x3100, round(sum(self.slot_wh.get(s, (0.0, 0.0))[0] for s in in_mask)))
+        self._u32le(0x3102, round(sum(self.slot_wh.get(s, (0.0, 0.0))[1] for s in in_mask)))
+
+
+MAX_SLOTS_SIM = 28
