@@ -23,6 +23,9 @@ from .turns import Turns
 MAX_QUEUED = 16  # datagrams kept while nobody reads (older ones are dropped)
 
 
+DATAGRAM_SIZE = 4096  # larger than any Modbus frame (and than a truncated one could hide)
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -39,6 +42,11 @@ class _Datagrams(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # asyncio receives each datagram into a fresh 256 KiB buffer (``max_size`` of its
+        # selector transports), which the C library serves with mmap/munmap on every reply;
+        # a Modbus UDP frame is at most 260 bytes.
+        if isinstance(getattr(transport, "max_size", None), int):
+            transport.max_size = DATAGRAM_SIZE  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.inbox.append((data, self.loop.time()))
