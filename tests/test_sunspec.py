@@ -414,3 +414,30 @@ async def test_solaredge_is_limited_through_its_own_power_control() -> None:
         assert s.get("/Ac/PowerLimit") == 2000.0
         await inv.release()
         assert u.get_f32le(e["limit"]) == 100.0 and u.output_w() == 7000.0
+
+
+async def test_two_inverters_behind_one_address_each_with_their_own_extras() -> None:
+    """A data manager answering for two inverters on one unit: each inverter keeps the
+    rating and controls that follow it, and each is its own device with its own serial."""
+    u = SunSpecUnit(7, [1, 103, 120, 123, 1, 101, 120, 123])
+    u.common(1, mn="Fronius", md="Symo 5.0-3-M", sn="INV-A")
+    u.common(2, mn="Fronius", md="Primo 3.0-1", sn="INV-B")
+    for nth, rating in ((1, 5000), (2, 3000)):
+        npl = u.model(120, nth)
+        u.set_sf(npl, "WRtg_SF", 0)
+        u.set(npl, "WRtg", rating)
+        ctl = u.model(123, nth)
+        u.set_sf(ctl, "WMaxLimPct_SF", 0)
+        u.set_raw(ctl, "WMaxLim_Ena", 0)
+        for p in ("WMaxLimPct", "WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms", "WMaxLim_Ena"):
+            u.allow_write(ctl.addr(p))
+    async with tcp(u) as (pool, port):
+        a, sa, ia = await driver(pool, port, 7)
+        b, sb, ib = await driver(pool, port, 7, index=2)
+        assert (ia.serial, ib.serial) == ("INV-A", "INV-B")
+        assert (sa.get("/NrOfPhases"), sb.get("/NrOfPhases")) == (3, 1)
+        assert (sa.get("/Ac/MaxPower"), sb.get("/Ac/MaxPower")) == (5000.0, 3000.0)
+        assert sb.write("/Ac/PowerLimit", 1500.0) == 0
+        await b.service_writes(time.monotonic())
+    assert u.get(u.model(123, 2), "WMaxLimPct") == 50.0 and u.get(u.model(123, 2), "WMaxLim_Ena") == 1
+    assert u.get(u.model(123, 1), "WMaxLim_Ena") == 0  # the other inverter untouched
