@@ -441,3 +441,22 @@ async def test_two_inverters_behind_one_address_each_with_their_own_extras() -> 
         await b.service_writes(time.monotonic())
     assert u.get(u.model(123, 2), "WMaxLimPct") == 50.0 and u.get(u.model(123, 2), "WMaxLim_Ena") == 1
     assert u.get(u.model(123, 1), "WMaxLim_Ena") == 0  # the other inverter untouched
+
+
+async def test_a_short_model_publishes_only_the_points_it_holds() -> None:
+    """A device whose 103 is shorter than the definition (an older layout) must not read
+    the next model's registers as its points."""
+    u = fronius_like(1)
+    u.start_physics()
+    inv = u.model(103)
+    u.holding[inv.address + 1] = 30  # L = 30: up to DCV_SF, no temperatures, no St
+    async with tcp(u) as (pool, port):
+        # the walk goes on after the short 103 where its L says: inside the old layout,
+        # where nothing is a meter model any more
+        with pytest.raises(ConfigError, match="holds 1"):
+            await driver(pool, port, 1, index=2)
+        # ... but the inverter itself is read within its 30 registers
+        _, s, _ = await driver(pool, port, 1)
+    assert s.get("/Ac/L1/Voltage") == 231.5
+    assert "/StatusCode" not in s and "/Internal/InverterTemp" not in s
+

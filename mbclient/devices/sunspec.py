@@ -418,6 +418,10 @@ def build_table(device: ChainDevice, phases: int, vendor: Vendor, trackers: int 
                 return
             if point.phase and point.phase > phases:
                 return
+            end = (address if address is not None else model.address + point.offset) + point.words
+            if end > model.address + 2 + model.length or (
+                    point.sf is not None and layout.points[point.sf].offset >= 2 + model.length):
+                return  # beyond the model's length on this device (a shorter, older layout)
             reg = _register(model, point, point.refresh, address, suffix=f"[{key}]" if key else "")
             table.registers.append(reg)
             table.names[(model.address, key or point.name)] = reg.name
