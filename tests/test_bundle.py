@@ -336,6 +336,8 @@ def test_network_only_install_takes_no_port_and_hands_over_the_stock_client(bund
     assert not ss_calls.exists() or ss_calls.read_text() == ""  # no port taken
     assert "No serial port" in out
     assert (stock / "down").exists()
+    # stopped before our service is linked (and could start): never both at once
+    assert out.index("stopped the stock dbus-modbus-client") < out.index("linked ")
     assert f"svc -d {stock}" in svc_calls.read_text().splitlines()
     args = run_args(app, tmp_path)
     assert "-s" not in args and args[:4] == ["-m", "mbclient", "-F", "tcp:127.0.0.1:1502:1:sdm230"], args

@@ -197,6 +197,12 @@ if [ "${1:-}" = --remove ]; then
     exit 0
 fi
 
+# The stock network client first: it must be down before mbclient's service can start.
+if stock_network_wanted_off; then
+    stop_stock_network
+else
+    give_stock_network_back
+fi
 case $PORT_OWNER in
     serial-starter) serial_starter_setup ;;
     stop-tty)
@@ -209,9 +215,4 @@ case $PORT_OWNER in
         exit 2
         ;;
 esac
-if stock_network_wanted_off; then
-    stop_stock_network
-else
-    give_stock_network_back
-fi
 exit 0

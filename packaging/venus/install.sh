@@ -384,6 +384,12 @@ if [ -z "$TTY" ]; then
 
 No serial port: mbclient takes no port from serial-starter and runs the network devices.
 EOF
+    if [ "$STOCK_NETWORK" = keep ]; then
+        cat <<EOF
+warning: STOCK_NETWORK=keep: the stock dbus-modbus-client keeps running and follows the same
+  saved device list as mbclient; a device both know is polled and published twice.
+EOF
+    fi
 else
     cat <<EOF
 
