@@ -175,7 +175,7 @@ cleanup() {
     if [ "$status" != 0 ] && [ "$stopped" = 1 ]; then
         # We stopped the running service and then failed: start the previous one again.
         svc -u "$ROOT/service/$NAME" 2>/dev/null || true
-        echo "install.sh: failed; the previous installation was started again" >&2
+        echo "install.sh: failed after stopping the service; it was started again" >&2
     fi
     exit "$status"
 }
@@ -280,7 +280,7 @@ cp -R "$here/lib" "$app/lib.new"
 if [ -n "$pyver" ]; then
     # Byte-compile once for this firmware's Python: faster starts, no writes at run time.
     # shellcheck disable=SC2086
-    $PYTHON -m compileall -q "$app/lib.new" >/dev/null 2>&1 || say "warning: byte-compiling failed (harmless)"
+    $PYTHON -m compileall -q -d "$target/lib" "$app/lib.new" >/dev/null 2>&1 || say "warning: byte-compiling failed (harmless)"
 fi
 
 # -- from here on files change ---------------------------------------------------------------
