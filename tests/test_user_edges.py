@@ -41,8 +41,9 @@ async def test_ctrl_c_in_the_first_second_is_a_clean_stop(dbus_address: str, tmp
             await asyncio.sleep(delay)
             proc.send_signal(signal.SIGINT)
             code, _out, err = await finish(proc)
-            assert "Traceback" not in err, (delay, err)
-            assert code == 0, (delay, code, err)
+            assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+            # 0, or killed by the signal before Python installed its handler (a loaded machine)
+            assert code in (0, -signal.SIGINT), (delay, code, err)
 
 
 @pytest.mark.timeout(60)
@@ -58,8 +59,8 @@ async def test_ctrl_c_during_a_probe_is_a_clean_stop(tmp_path) -> None:
             await asyncio.sleep(delay)
             proc.send_signal(signal.SIGINT)
             code, out, err = await finish(proc)
-            assert "Traceback" not in err, (delay, err)
-            assert code == 0, (delay, code, err)
+            assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+            assert code in (0, -signal.SIGINT), (delay, code, err)
     finally:
         silent.close()
 

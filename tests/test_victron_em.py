@@ -126,7 +126,8 @@ async def test_custom_name_is_written_through_vreglink_and_read_back() -> None:
         driver, store, _ = await connect(client)
         assert store["/CustomName"] == "Main"
         assert store.write("/CustomName", "Garage Ünit") == 0
-        assert store.write("/CustomName", "x" * 65) == 2  # longer than the meter's 64 bytes
+        # within the GUI's 32 characters, but 90 bytes of UTF-8: longer than the meter's 64
+        assert store.write("/CustomName", "€" * 30) == 2
         await driver.service_writes(time.monotonic())
         assert meter.vregs[VREG_DESCRIPTION].value == "Garage Ünit".encode()
         await driver.poll(time.monotonic())
