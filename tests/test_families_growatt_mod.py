@@ -54,3 +54,38 @@ async def test_mod_publishes_three_phases_and_min_one() -> None:
             assert "/Ac/L2/Voltage" not in m
         finally:
             await pool.aclose()
+
+
+async def test_sph_and_its_grid_meter_named_in_the_spec() -> None:
+    from mbclient.devices import get_model
+    from mbclient.sim.models import GrowattSph
+
+    sph = GrowattSph(1)
+    sph.available_w = 4000.0
+    sph.step(100.0)
+    sph.publish()
+    async with serve_tcp(SimBus(units=[sph]), turnaround=False) as server:
+        pool = LinkPool()
+        try:
+            client = UnitClient(pool.get(parse_spec(f"tcp:127.0.0.1:{server.port}:1")), 1)
+            inv_store, meter_store = ItemStore(), ItemStore()
+            inv = get_model("growatt_sph").create(client, inv_store, DeviceOptions())
+            meter = get_model("growatt_sph_meter").create(client, meter_store, DeviceOptions(index=2))
+            ident, mident = await inv.read_identity(), await meter.read_identity()
+            assert ident.serial == mident.serial == "SPH1234567"
+            assert inv.model.ident(ident.serial) != meter.model.ident(mident.serial)
+            for d in (inv, meter):
+                d.add_items()
+                await d.poll(time.monotonic())
+            s, m = inv_store, meter_store
+            assert s.get("/Ac/Power") == pytest.approx(sph.output_w, abs=0.1)
+            assert s.get("/Internal/Battery/Soc") == 64
+            assert s.get("/Internal/Battery/ChargePower") == pytest.approx(250.0)
+            assert s.get("/Internal/SystemMode") == 5
+            grid = sph.house_w - sph.output_w  # exporting: negative
+            assert grid < 0
+            assert m.get("/Ac/Power") == pytest.approx(grid, abs=0.1)
+            assert m.get("/Ac/Energy/Forward") == pytest.approx(432.1)
+            assert m.get("/Ac/Energy/Reverse") == pytest.approx(876.5)
+        finally:
+            await pool.aclose()

@@ -551,3 +551,41 @@ class GrowattMod(GrowattMin):
 
 def growatt_mod(address: int = 1, *, serial: str = "MOD1234567", rated_w: int = 10000, **kw: object) -> GrowattMod:
     return GrowattMod(address, serial=serial, rated_w=rated_w, **kw)
+
+
+class GrowattSph(GrowattMin):
+    """Growatt SPH storage inverter: the MIN's common input block plus the storage block
+    1000-1124 (Growatt protocol v1.24 input table): system mode 1000, discharge/charge
+    power 1009/1011 (u32, 0.1 W), battery voltage 1013 (0.1 V), SoC 1014 (%), power to
+    user R/S/T/total 1015-1022 and to grid 1023-1030 (u32, 0.1 W), energy to user/grid
+    total 1046/1050 (u32, 0.1 kWh). ``house_w`` is the load; the grid flow is load minus
+    the inverter's AC output."""
+
+    def __init__(self, address: int = 1, *, serial: str = "SPH1234567", rated_w: int = 6000, **kw: object) -> None:
+        self.house_w = 1500.0
+        self.soc = 64
+        self.battery_v = 52.3
+        self.charge_w = 250.0
+        self.import_kwh, self.export_kwh = 432.1, 876.5
+        super().__init__(address, serial=serial, rated_w=rated_w, dtc=3502, **kw)  # type: ignore[arg-type]
+        self.define(INPUT, 1000, 125)
+        self.name = "Growatt SPH"
+        self.publish()
+
+    def publish(self) -> None:
+        super().publish()
+        if 1000 not in self.input:
+            return
+        grid = self.house_w - self.output_w
+        to_user, to_grid = max(grid, 0.0), max(-grid, 0.0)
+        self.set_u16(INPUT, 1000, 5 if self.output_w > 0 else 0)
+        self.set_u32(INPUT, 1009, 0)
+        self.set_u32(INPUT, 1011, round(self.charge_w * 10))
+        self.set_u16(INPUT, 1013, round(self.battery_v * 10))
+        self.set_u16(INPUT, 1014, self.soc)
+        self.set_u32(INPUT, 1015, round(to_user * 10))
+        self.set_u32(INPUT, 1021, round(to_user * 10))
+        self.set_u32(INPUT, 1023, round(to_grid * 10))
+        self.set_u32(INPUT, 1029, round(to_grid * 10))
+        self.set_u32(INPUT, 1046, round(self.import_kwh * 10))
+        self.set_u32(INPUT, 1050, round(self.export_kwh * 10))
