@@ -1,5 +1,7 @@
 """CPU and memory figures of a process (or one thread) for the benchmark scripts.
 
+Not part of mbclient: imported by the scripts next to it.
+
 CPU is read as the kernel accounts it (``/proc/<pid>/stat`` utime + stime, or a thread's
 ``/proc/self/task/<tid>/stat``), not as wall time: the figures hold on a machine that is
 busy with other work, where a timed measurement would not. Linux only, like the product.
@@ -7,9 +9,15 @@ busy with other work, where a timed measurement would not. Linux only, like the 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -75,3 +83,74 @@ class CpuMeter:
 
     def lines(self) -> list[str]:
         return [p.line() for p in self.phases.values()]
+
+
+class RuntimeThread:
+    """Runs a coroutine (mbclient's runtime) on an event loop of its own, in a thread of its
+    own, so that a script that also simulates the devices in its main thread can read
+    mbclient's CPU apart (``cpu_seconds``, the thread's kernel-accounted CPU time).
+
+    ``await runtime.run()`` lasts as long as the coroutine (its error is raised here;
+    cancelling it stops the coroutine); ``await runtime.call(coro)`` runs another
+    coroutine on the runtime's loop (anything that touches the runtime's D-Bus
+    connections or tasks must); plain attribute reads are fine from the main thread.
+    """
+
+    def __init__(self, coro_factory: Callable[[], Coroutine[Any, Any, Any]], name: str = "mbclient") -> None:
+        self._factory = coro_factory
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tid: int | None = None
+        self._started = threading.Event()
+        self._task: asyncio.Task[Any] | None = None
+
+    async def run(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        caller = asyncio.get_running_loop()
+
+        def report(exc: BaseException | None) -> None:
+            if not done.done():
+                if exc is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(exc)
+
+        def thread() -> None:
+            async def main() -> None:
+                self.loop = asyncio.get_running_loop()
+                self.tid = threading.get_native_id()
+                self._task = asyncio.current_task()
+                self._started.set()
+                await self._factory()
+
+            error: BaseException | None = None
+            try:
+                asyncio.run(main())
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                error = exc
+            finally:
+                self._started.set()
+                caller.call_soon_threadsafe(report, error)
+
+        worker = threading.Thread(target=thread, name=self.name, daemon=True)
+        worker.start()
+        try:
+            await asyncio.shield(done)
+        finally:
+            if self.loop is not None and self._task is not None and not done.done():
+                self.loop.call_soon_threadsafe(self._task.cancel)
+            await asyncio.to_thread(worker.join, 10)
+
+    async def started(self) -> None:
+        await asyncio.to_thread(self._started.wait)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        await self.started()
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def cpu_seconds(self) -> float:
+        assert self.tid is not None, "not started"
+        return cpu_seconds(tid=self.tid)
