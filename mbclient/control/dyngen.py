@@ -31,7 +31,7 @@ from ..dbus.settings import Setting as DbusSetting
 from ..errors import ConfigError
 from ..items import Item, ItemStore
 from . import ladder as L
-from .inputs import BATTERY, GRID, VEBUS, InputTracker, RoleView
+from .inputs import BATTERY, GRID, VEBUS, InputTracker, RoleView, next_tick
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class DynamicGeneration:
         while True:
             _raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.options.tick):  # not wait_for (see inputs.run)
+                async with asyncio.timeout_at(next_tick(loop.time(), self.options.tick)):  # not wait_for (see inputs.run)
                     await self.wake.wait()
             woken = self.wake.is_set()
             self.wake.clear()

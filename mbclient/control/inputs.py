@@ -109,6 +109,13 @@ class RoleView:
         return None if self.fault else self.values.get(path)
 
 
+def next_tick(now: float, period: float) -> float:
+    """The next multiple of ``period`` on the loop clock after ``now``. Periodic checks wait
+    for it rather than for ``now + period``: every task ticking with the same period then
+    wakes in the same event-loop turn (one wakeup of the process instead of one per task)."""
+    return (math.floor(now / period) + 1.0) * period
+
+
 @dataclass(slots=True, eq=False)
 class _Followed:
     role: Role
@@ -212,7 +219,7 @@ class InputTracker:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
                 # that coincides with the queue delivering, and the task would never end.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.tick):
+                    async with asyncio.timeout_at(next_tick(asyncio.get_running_loop().time(), self.tick)):
                         event = await self._events.get()
                 if event is not None:
                     self._on_owner_change(*event)
