@@ -81,13 +81,16 @@ class Item:
     #: established consumers expect one (the management service's ``/Scan``); device
     #: flags stay ints because gui-v2 compares them with ``=== 1``.
     boolean: bool = False
+    invalid_text: str = ""  # GetText while the value is invalid (the stock /ScanProgress says "---")
     #: Tidies an accepted remote write (and a value mirrored from settings) before it is
     #: stored, e.g. /CustomName without control characters, at most as long as the GUI edits.
     clean: Callable[[Value], Value] | None = None
 
     @property
     def text(self) -> str:
-        if self.formatter is not None and self.value is not None:
+        if self.value is None:
+            return self.invalid_text
+        if self.formatter is not None:
             return self.formatter(self.value)
         return default_text(self.value, self.unit, self.precision)
 

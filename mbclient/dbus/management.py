@@ -7,7 +7,7 @@ The stock client publishes ``com.victronenergy.modbusclient.tcp`` and the GUI's
   truthy value starts a scan, a falsy one stops it; it reads back as the running state,
   published as a D-Bus boolean as the stock client does (the GUI only tests truthiness).
 * ``/ScanProgress`` - 0..100 (double) while a scan runs, invalid otherwise; its text is
-  ``"37%"`` (the classic GUI shows the text).
+  ``"37%"`` (the classic GUI shows the text), ``"---"`` while invalid.
 * ``/Devices/<ident>/{Enabled,Name,Serial}`` - one subtree per device found by mDNS;
   ``Enabled`` is an int 0/1 (gui-v2's switch compares with ``=== 1``), writable. A subtree
   appears and disappears in one ItemsChanged.
@@ -59,7 +59,7 @@ class ManagementService:
         self._on_enable = on_enable
         self.store.add(SCAN, False, writable=True, kind=int, boolean=True, notify_unchanged=True,
                        on_write=self._scan_written)
-        self.store.add(SCAN_PROGRESS, None, kind=float, formatter=_percent)
+        self.store.add(SCAN_PROGRESS, None, kind=float, formatter=_percent, invalid_text="---")
         self.export = ServiceExport(self.store, bus_address)
 
     async def start(self) -> None:

@@ -233,9 +233,12 @@ class Discovery:
         cfg = self.cfg
         if self.serial:
             assert cfg.serial_port is not None
-            path = DeviceSpec(cfg.mode, cfg.serial_port, 9600, 1).device_path
+            port = cfg.serial_port
+            if port.startswith("/dev/") and "/" not in port[5:]:
+                port = port[5:]  # saved as the stock client writes it: rtu:ttyUSB0:9600:1
+            path = DeviceSpec(cfg.mode, port, 9600, 1).device_path
             skip = [s.unit for s in self._configured() if s.is_serial and s.device_path == path]
-            return SerialScan(self.links, cfg.serial_port, mode=cfg.mode, rates=cfg.rates or None, full=full,
+            return SerialScan(self.links, port, mode=cfg.mode, rates=cfg.rates or None, full=full,
                               skip_units=skip, quick_timeout=cfg.quick_timeout, full_timeout=cfg.full_timeout,
                               on_found=self._found, on_progress=self._progress)
         ifaces = await host_interfaces()
