@@ -390,9 +390,9 @@ async def test_model_704_limit() -> None:
 
 async def test_wrong_kind_or_index_is_a_clear_error() -> None:
     async with tcp(fronius_like(1)) as (pool, port):
-        with pytest.raises(ConfigError, match="meter"):
+        with pytest.raises(sunspec.NotInChain, match="meter"):
             await driver(pool, port, 1, index=2, model="sunspec_inverter")
-        with pytest.raises(ConfigError, match="holds 2"):
+        with pytest.raises(sunspec.NotInChain, match="holds 2"):
             await driver(pool, port, 1, index=3)
 
 
@@ -453,7 +453,7 @@ async def test_a_short_model_publishes_only_the_points_it_holds() -> None:
     async with tcp(u) as (pool, port):
         # the walk goes on after the short 103 where its L says: inside the old layout,
         # where nothing is a meter model any more
-        with pytest.raises(ConfigError, match="holds 1"):
+        with pytest.raises(sunspec.NotInChain, match="holds 1"):
             await driver(pool, port, 1, index=2)
         # ... but the inverter itself is read within its 30 registers
         _, s, _ = await driver(pool, port, 1)

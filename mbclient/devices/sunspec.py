@@ -36,7 +36,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..control.limiter import PowerLimiter
-from ..errors import ConfigError, ModbusError, ModbusExceptionResponse
+from ..errors import ModbusError, ModbusExceptionResponse
 from ..registers import (
     F32,
     F32LE,
@@ -472,6 +472,12 @@ class NullFrame(ModbusError):
     """The device answered nothing but placeholders for too long (Fronius null frames)."""
 
 
+class NotInChain(ModbusError):
+    """The unit answers, but its chain has no such device (no SunSpec, fewer devices than
+    the spec's index, or another kind). A ModbusError: the runtime keeps probing with
+    backoff (a data manager may list its devices only once they are awake)."""
+
+
 class SunSpecDriver(Driver):
     """Walks the chain at identification, then runs the device it found like any table."""
 
@@ -510,16 +516,16 @@ class SunSpecDriver(Driver):
         client, timeout = self.client, self.timeout
         devices = await discover(client, timeout)
         if not devices:
-            raise ConfigError(f"unit {client.unit} has no SunSpec inverter or meter (no 'SunS' marker or no "
-                              "inverter/meter model)")
+            raise NotInChain(f"unit {client.unit} has no SunSpec inverter or meter (no 'SunS' marker or no "
+                             "inverter/meter model)")
         index = self.options.index
         if index > len(devices):
-            raise ConfigError(f"unit {client.unit} holds {len(devices)} SunSpec device(s), not {index}")
+            raise NotInChain(f"unit {client.unit} holds {len(devices)} SunSpec device(s), not {index}")
         device = devices[index - 1]
         wanted = {SUNSPEC_INVERTER.name: "inverter", SUNSPEC_METER.name: "meter"}.get(self.model.name)
         if wanted is not None and device.kind != wanted:
-            raise ConfigError(f"SunSpec device {index} of unit {client.unit} is a{'n' if device.kind[0] == 'i' else ''} "
-                              f"{device.kind} (model {device.main.id}), not a{'n' if wanted[0] == 'i' else ''} {wanted}")
+            raise NotInChain(f"SunSpec device {index} of unit {client.unit} is a{'n' if device.kind[0] == 'i' else ''} "
+                             f"{device.kind} (model {device.main.id}), not a{'n' if wanted[0] == 'i' else ''} {wanted}")
         common: dict[str, Value] = {}
         if device.common is not None:
             layout = DEFS.layouts[1]

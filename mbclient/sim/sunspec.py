@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .unit import HOLDING, SimUnit
 
@@ -187,13 +187,6 @@ class PlacedModel:
             p = parse_layout(MPPT_MODULE, 0)[point]
             return self.address + 10 + 20 * module + p.offset
         return self.address + self.points[point].offset
-
-
-@dataclass
-class ChainSpec:
-    """What to place: ``(model id, modules)`` in order."""
-
-    models: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SunSpecUnit(SimUnit):
