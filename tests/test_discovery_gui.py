@@ -434,3 +434,32 @@ async def test_autoscan_repeats_while_a_saved_device_is_missing(dbus_address: st
                 assert bus[1].counters.writes == 0
         finally:
             obs.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_stands_aside_when_another_client_serves_the_gui(dbus_address: str, tmp_path) -> None:
+    """The stock client kept running owns modbusclient.tcp: no second scanner, no rewrite."""
+    from dbus_fast import NameFlag
+
+    from mbclient.dbus.bus import connect_bus
+    from mbclient.dbus.settings import Setting, SettingsClient
+
+    sc = await SettingsClient.connect(dbus_address, embedded_path=tmp_path / "settings.json", force_embedded=True,
+                                      save_delay=0)
+    messy = "tcp:127.77.6.2:0502:01,junk"
+    await sc.add([Setting(DEVICES, messy), Setting(AUTOSCAN, 1, 0, 1)])
+    await sc.close()
+    stock = await connect_bus(dbus_address)
+    await stock.request_name(TCP_MGMT, NameFlag.DO_NOT_QUEUE)
+    obs = await Observer.connect(dbus_address)
+    try:
+        cfg = net_config(dbus_address, tmp_path, 502, start_delay=0.1, mdns=True, mdns_interfaces=("127.0.0.1",))
+        async with running_supervisor(cfg) as sup:
+            await wait_until(lambda: sup.discovery is not None and sup.discovery.passive, 5, "passive")
+            await anyio.sleep(0.5)
+            assert sup.discovery.scans == 0 and sup.discovery.mdns is None
+            assert await obs.get(SETTINGS, DEVICES) == messy  # the stock client's to rewrite
+    finally:
+        stock.disconnect()
+        obs.close()

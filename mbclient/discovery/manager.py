@@ -74,6 +74,7 @@ class Discovery:
         self.scans = 0  # completed
         self.last_found: list[Found] = []
         self.mdns: Any = None
+        self.passive = False  # another process owns the management service
         self._tg: anyio.abc.TaskGroup | None = None
         self._save_lock = anyio.Lock()
         self._enabled_done: set[str] = set()
@@ -87,15 +88,21 @@ class Discovery:
             Setting(self.autoscan_path, self.autoscan, 0, 1),
         ])
         self.autoscan = self._flag(values.get(self.autoscan_path, self.autoscan))
-        self._unwatch.append(self.settings.watch(self.autoscan_path, self._autoscan_changed))
-        self._unwatch.append(self.settings.watch(self.devices_path, self._devices_changed))
         mgmt = ManagementService(self.port_name, self.sup.config.bus_address, on_scan=self.request_scan,
                                  on_enable=self._enable_requested)
         try:
             await mgmt.start()
             self.management = mgmt
         except ServiceError as exc:
-            log.warning("no management service: %s (scans from the GUI go to that process)", exc)
+            # Another client (the stock dbus-modbus-client kept running) serves this port's
+            # GUI contract: two clients must never scan, rewrite the list or run mDNS devices
+            # twice over, so all of that stays with it.
+            log.warning("%s; scans, AutoScan, mDNS and the Devices list's upkeep are left to that client", exc)
+            self.passive = True
+            task_status.started(self)
+            await anyio.sleep_forever()
+        self._unwatch.append(self.settings.watch(self.autoscan_path, self._autoscan_changed))
+        self._unwatch.append(self.settings.watch(self.devices_path, self._devices_changed))
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
