@@ -926,8 +926,12 @@ _COMMON = dict(
     manufacturer="SunSpec", vendor="sunspec", registers=(),
     identity=(Register("marker", 40000, U32, HOLDING),),  # any reply proves the unit awake
     driver=SunSpecDriver, max_devices=32, family="sunspec",
-    transports=("tcp", "rtu", "rtuovertcp"), default_units=(1, 126, 2, 3, 240, 200),
-    rates=(9600, 19200, 115200), tcp_port=502, min_timeout=0.3, initial_timeout=1.0,
+    # Where scans look: inverters answer at unit 1 (Fronius, SolarEdge; 2 for a second one),
+    # SMA's SunSpec profile at 126, Fronius Smart Meters at 240 (data manager) / 200 (GEN24).
+    # RS-485 SunSpec devices mostly run 9600 or 19200 Bd. (SolarEdge's factory TCP port is
+    # 1502, not scanned: give it in the spec.)
+    transports=("tcp", "rtu", "rtuovertcp"), default_units=(1, 2, 126, 200, 240),
+    rates=(9600, 19200), tcp_port=502, min_timeout=0.3, initial_timeout=1.0,
 )
 
 SUNSPEC_INVERTER = register_model(Model(
