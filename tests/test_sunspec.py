@@ -138,6 +138,7 @@ async def test_fronius_inverter_and_its_meter_publish_the_simulated_truth() -> N
     assert (inv.model.name, meter.model.name) == ("sunspec_inverter", "sunspec_meter")
     assert ident.serial == "31234567" and mident.serial == "31234567_2"
     assert ident.product_name == "Fronius Symo 8.2-3-M" and ident.firmware == "1.12.4-1"
+    assert mident.product_name == "Fronius energy meter (SunSpec 203)"  # not the inverter's model name
     assert s.get("/Ac/Power") == 6000.0
     amps = [u.get(u.model(103), f"Aph{p}") for p in "ABC"]
     for n, ph in enumerate("ABC", 1):

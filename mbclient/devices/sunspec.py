@@ -555,6 +555,9 @@ class SunSpecDriver(Driver):
         if device.kind == "inverter":
             await self._read_limit_setup(client, timeout)
         product = " ".join(str(v) for v in (common.get("Mn"), common.get("Md")) if v)
+        if device.sharing > 1:  # another device's model 1: its model name is not this device's
+            kind = "energy meter" if device.kind == "meter" else "PV inverter"
+            product = " ".join(str(v) for v in (common.get("Mn"), kind, f"(SunSpec {device.main.id})") if v)
         self.identity = Identity(
             serial=serial, firmware=str(common.get("Vr") or "") or None, product_name=product or None,
             extra={"sunspec_device": f"{index} of {len(devices)}", "sunspec_model": device.main.id,
