@@ -135,3 +135,24 @@ async def test_a_network_scan_finds_every_device_of_a_chain() -> None:
         (f"tcp:{host}:{port}:1", "sunspec_inverter", "sunspec_31234567", "pvinverter"),
         (f"tcp:{host}:{port}:1:sunspec@2", "sunspec_meter", "sunspec_31234567_2", "grid"),
     ]
+
+
+async def test_a_chain_over_rs485_publishes_like_over_tcp(dbus_address: str, tmp_path) -> None:
+    from mbclient.sim import SimBus, serve_rtu
+    from test_runtime_support import BAUD, spec_for
+
+    u = fronius_like(1)
+    u.available_w = 4500.0
+    u.start_physics()
+    async with serve_rtu(SimBus(BAUD, units=[u]), directory=tmp_path) as port:
+        specs = [spec_for(port.path, 1), spec_for(port.path, 1, "sunspec@2")]
+        config = fast_config(dbus_address, tmp_path / "settings.xml", specs)
+        observer = await Observer.connect(dbus_address)
+        try:
+            async with running_supervisor(config):
+                await observer.wait_for(INVERTER, "/Ac/Power", lambda v: v == 4500.0)
+                await observer.wait_for(METER, "/Ac/Power", lambda v: v == sum(GRID_W))
+                assert await observer.set(INVERTER, "/Ac/PowerLimit", 4100.0) == 0
+                await wait_until(lambda: u.output_w() == 4100.0, what="the limit on the RS-485 inverter")
+        finally:
+            observer.close()
