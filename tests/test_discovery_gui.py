@@ -224,6 +224,8 @@ async def test_serial_port_autoscan_and_management_service(dbus_address: str, tm
                 assert port.misheard > 0
                 # unit 7 is no default unit: only a full scan finds it; the GUI-style request
                 assert await gui_set(obs, mgmt, "/Scan", Variant("b", True)) == 0
+                # the serial scan's progress is visible like the network one's
+                await obs.wait_for(mgmt, "/ScanProgress", lambda v: isinstance(v, float) and 0 < v < 100)
                 await obs.wait_for(SETTINGS, saved, lambda v: "38400:7" in v, timeout=60)
                 assert await obs.get(SETTINGS, saved) == f"rtu:{port.path}:38400:1,rtu:{port.path}:38400:7"
                 await obs.wait_name("com.victronenergy.grid.eastron_24000007")
