@@ -87,3 +87,31 @@ async def test_runtime_publishes_the_inverter_and_its_meter(dbus_address: str, t
                                         lambda v: v == sum(sim.grid_w))
         finally:
             observer.close()
+
+
+async def test_inverter_and_meter_share_the_dongles_pacing() -> None:
+    """Two services read through one SUN2000 address: the request gap holds between any two
+    of their reads, not only between one driver's own."""
+    import asyncio
+
+    sim = Sun2000(1)
+    reads: list[float] = []
+    sim.on_read = lambda table, address, count: reads.append(time.monotonic())
+    gap = 0.05
+    quirks = {"connect_delay": 0.0, "request_gap": gap}
+    async with serve_tcp([sim], turnaround=False) as server:
+        pool = LinkPool()
+        try:
+            client = UnitClient(pool.get(parse_spec(f"tcp:127.0.0.1:{server.port}:1")), 1)
+            inv = dataclasses.replace(get_model("sun2000"), quirks=quirks).create(client, ItemStore(), DeviceOptions())
+            meter = dataclasses.replace(get_model("sun2000_meter"), quirks=quirks).create(
+                client, ItemStore(), DeviceOptions(index=2))
+            await asyncio.gather(inv.read_identity(), meter.read_identity())
+            reads.clear()
+            for _ in range(3):
+                await asyncio.gather(inv.poll(time.monotonic() + 100), meter.poll(time.monotonic() + 100))
+        finally:
+            await pool.aclose()
+    assert len(reads) >= 6
+    spacing = [b - a for a, b in zip(reads, reads[1:])]
+    assert min(spacing) >= gap * 0.9, spacing

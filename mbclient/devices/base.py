@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -646,9 +647,17 @@ class Driver:
     async def _read_block(self, block: Block) -> list[int]:
         gap = self.model.quirks.get("request_gap")
         if gap:
-            wait = self._last_request_end + gap - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # Paced per unit address, not per driver: two services read through one unit
+            # (an inverter and the meter behind it) share the device's breathing time.
+            pacer = _pacer(self.client)
+            async with pacer.lock:
+                wait = pacer.last_end + gap - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    return await self._timed_read(block)
+                finally:
+                    pacer.last_end = self._last_request_end = time.monotonic()
         try:
             return await self._timed_read(block)
         finally:
@@ -777,6 +786,22 @@ class Driver:
                     if reg in sb.block.registers:
                         sb.next_due = 0.0
         await self.service_device(now)
+
+
+class _Pacer:
+    """``request_gap`` state of one unit address (shared by the drivers reading it)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.last_end = 0.0
+
+
+_PACERS: weakref.WeakKeyDictionary[Any, dict[int, _Pacer]] = weakref.WeakKeyDictionary()
+
+
+def _pacer(client: UnitClient) -> _Pacer:
+    """The pacing state of the client's unit on its link (kept as long as the link lives)."""
+    return _PACERS.setdefault(client.link, {}).setdefault(client.unit, _Pacer())
 
 
 class _Missing:
