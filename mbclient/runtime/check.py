@@ -62,7 +62,7 @@ async def read_once(spec: DeviceSpec, fam, out: TextIO, timeout: float = 1.0) ->
         for block in plan_blocks(driver.registers(), model.rules, max_gap=0):
             failed += await _read_block(driver, client, block, rows, timeout)
         for d in driver.derived():
-            rows.append((d.name, f"{d.fn.__name__}({', '.join(d.inputs)})", "", _text(driver, d.name)))
+            rows.append((d.name, "derived", "", f"{_text(driver, d.name)}  = {d.fn.__name__}({', '.join(d.inputs)})"))
         width = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
         for r in rows:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], width)) + "  " + r[3], file=out)
