@@ -261,3 +261,21 @@ async def test_smappee_keeps_configured_cts_and_refuses_old_firmware(tmp_path) -
     async with served(old, "tcp", tmp_path) as link:
         with pytest.raises(ConfigError, match="matches no known model"):
             await identify(UnitClient(link, 61), timeout=1.0)
+
+
+async def test_smappee_ct_phase_moved_over_its_path(tmp_path) -> None:  # noqa: ANN001
+    box = SmappeePowerBox(61, hub_slots=(4, 5, 6, 7), ct_phases=(1, 2, 4, 0))  # L1, L2, L3, none
+    box.measure((230.0, 230.0, 230.0), {4: -1150.0, 5: 460.0, 6: 690.0, 7: 99.0}, {})
+    async with served(box, "tcp", tmp_path) as link:
+        model, driver, store, identity, service = await publish(link, 61)
+        assert [store[f"/CT/{s}/Phase"] for s in (4, 5, 6, 7)] == [0, 1, 2, -1]
+        assert store.item("/CT/6/Phase").text == "L3" and store["/CT/7/DeviceChannel"] == "D"
+        assert store["/Ac/L1/Power"] == pytest.approx(-1150.0)
+        assert store.write("/CT/7/Phase", 5) == 2  # no such phase
+        assert store.write("/CT/7/Phase", 0) == 0  # the fourth CT measures L1 now
+        await driver.service_writes(time.monotonic())
+        assert [box.phase_of(s) for s in (4, 5, 6, 7)] == [-1, 1, 2, 0]
+        assert [store[f"/CT/{s}/Phase"] for s in (4, 5, 6, 7)] == [-1, 1, 2, 0]
+        await driver.poll(time.monotonic() + 60)
+        assert store["/Ac/L1/Power"] == pytest.approx(99.0)
+        assert store["/Ac/Power"] == pytest.approx(99.0 + 460.0 + 690.0)

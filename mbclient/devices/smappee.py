@@ -34,6 +34,11 @@ MAX_CT_SLOTS = 28
 #: CT phase register raw -> phase index (0-2), -1 unassigned; anything else: configured
 #: outside Venus (left alone).
 CT_PHASE = {0: -1, 1: 0, 16: 0, 2: 1, 32: 1, 4: 2, 64: 2}
+CT_PHASE_TEXT = {-1: "None", 0: "L1", 1: "L2", 2: "L3"}
+#: CT type register (0x1100 + slot) -> name, as the Power Box numbers them.
+CT_TYPES = ("SCT01-50A/100A/200A", "SCT01-400A/800A", "Rogowski coil 600A-100mV", "SCT02-50A", "SCT02-100A",
+            "SCT02-200A", "SCT02-400A", "SCT02-800A", "SCT03-50A", "SCT03-100A", "SCT03-200A",
+            "Rogowski coil 400A-100mV", "Closed CT")
 
 
 def phase_rows(phase: int, slot: int) -> list[Register]:
@@ -63,6 +68,9 @@ class SmappeeDriver(Driver):
         super().__init__(*args, **kwargs)
         self._ct_rows: tuple[Register, ...] = ()
         self.cts: dict[int, int] = {}  # slot -> phase index (-1 none)
+        self.ct_info: dict[int, tuple[int, str, int]] = {}  # slot -> (bus device, channel letter, type)
+        self._ct_writes: list[tuple[int, list[int]]] = []
+        self._reconfigure = False
 
     def registers(self) -> Sequence[Register]:
         return (*self.model.registers, *self._ct_rows)
@@ -105,6 +113,7 @@ class SmappeeDriver(Driver):
                     continue
                 slots.append(slot)
                 self.cts[slot] = CT_PHASE[raw]
+                self.ct_info[slot] = (n, chr(ord("A") + ch), await self._read(0x1100 + slot))
         if slots and all(p < 0 for p in self.cts.values()):
             self.log.info("%s: no CT assigned to a phase, giving the first ones L1-L3", self.model.name)
             for phase, slot in enumerate(slots[:3]):
@@ -129,6 +138,60 @@ class SmappeeDriver(Driver):
         self.replan()
         if "/NrOfPhases" in self.store:
             self.store.set("/NrOfPhases", self.nr_of_phases)
+        if self._items_added:
+            self._add_ct_items()
+
+    # -- CT configuration on D-Bus (the GUI's Smappee pages) ----------------------------------
+    def extra_items(self) -> None:
+        self._add_ct_items()
+
+    def _add_ct_items(self) -> None:
+        """/CT/<slot>/{Phase,Type} writable, {Device,DeviceChannel} and /CT/<slot>/Identify
+        (a write blinks the CT's LED): what the stock client publishes per CT."""
+        store = self.store
+        for slot, phase in self.cts.items():
+            device, channel, ct_type = self.ct_info.get(slot, (0, "A", 0))
+            base = f"/CT/{slot}"
+            store.add(f"{base}/Phase", phase, kind=int, writable=True, choices=tuple(CT_PHASE_TEXT),
+                      formatter=lambda v: CT_PHASE_TEXT.get(v, str(v)),
+                      on_write=lambda v, slot=slot: self._queue_phase(slot, int(v)))
+            store.add(f"{base}/Type", ct_type, kind=int, writable=True, min=0, max=len(CT_TYPES) - 1,
+                      formatter=lambda v: CT_TYPES[v] if isinstance(v, int) and 0 <= v < len(CT_TYPES) else str(v),
+                      on_write=lambda v, slot=slot: self._queue(0x1100 + slot, [int(v)], reconfigure=True))
+            store.add(f"{base}/Device", device, kind=int)
+            store.add(f"{base}/DeviceChannel", channel, kind=str)
+            store.add(f"{base}/Identify", None, kind=int, writable=True,
+                      on_write=lambda v, slot=slot: self._queue(0x0900 + slot, [int(v)]))
+
+    def _queue(self, address: int, words: list[int], *, reconfigure: bool = False) -> bool:
+        self._ct_writes.append((address, words))
+        self._reconfigure = self._reconfigure or reconfigure
+        self.wakeup.set()
+        return True
+
+    def _queue_phase(self, slot: int, phase: int) -> bool:
+        """A CT moves to a phase; another CT on that phase is unassigned (one CT per phase)."""
+        self._queue(0x1000 + slot, [0 if phase < 0 else 1 << phase], reconfigure=True)
+        if phase >= 0:
+            for other, p in self.cts.items():
+                if other != slot and p == phase:
+                    self._queue(0x1000 + other, [0])
+        return True
+
+    def writes_deadline(self, now: float) -> float:
+        return now if self._ct_writes else super().writes_deadline(now)
+
+    async def service_device(self, now: float) -> None:
+        """CT configuration writes, then the rows again (as the stock client re-initialises)."""
+        while self._ct_writes:
+            address, words = self._ct_writes.pop(0)
+            await self._write(address, words)
+            self.log.info("%s: wrote %#06x = %s", self.model.name, address, words)
+        if self._reconfigure:
+            self._reconfigure = False
+            for path in [p for p in self.store.items if p.startswith("/CT/")]:
+                self.store.remove(path)
+            await self._configure_cts()
 
 
 register_driver("smappee", SmappeeDriver)

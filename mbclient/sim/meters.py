@@ -372,7 +372,9 @@ class SmappeePowerBox(SimUnit):
         for c, slot in enumerate(hub_slots):
             self.set_u16(HOLDING, 0x1480 + 0x0A + c + (c > 7), slot)
             self.set_u16(HOLDING, 0x1000 + slot, ct_phases[c])
+        self.allow_write(0x0900, MAX_SLOTS_SIM)  # identify: blink the CT's LED
         self.allow_write(0x1000, MAX_SLOTS_SIM)
+        self.allow_write(0x1100, MAX_SLOTS_SIM, values=range(13))  # CT types
         self.allow_write(0x1140, MAX_SLOTS_SIM)
         self.allow_write(0x1400, 2)
         self.allow_write(0xFDE8)
