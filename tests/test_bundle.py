@@ -298,6 +298,26 @@ def test_a_failed_install_changes_nothing(bundle: Path, tmp_path: Path) -> None:
     assert snapshot(root) == before
 
 
+def test_a_late_failure_starts_the_stopped_service_again(bundle: Path, tmp_path: Path) -> None:
+    """Past the checks, the running service is stopped for the swap; if a step after that
+    fails (a full disk, here a directory where a file must go), it is started again."""
+    src = unpack(bundle, tmp_path / "unpacked")
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    env, svc_calls = fake_svc(tmp_path)
+    sh(src / "install.sh", "--root", root, "--devices", "tcp:127.0.0.1:1502:1:sdm230", env=env)
+    app = root / "data" / "mbclient"
+    (app / "service" / "run.new").mkdir()  # install_file cannot write there
+    n = len(svc_calls.read_text().splitlines())
+    r = subprocess.run([str(src / "install.sh"), "--root", str(root)], capture_output=True, text=True,
+                       env=dict(os.environ, **env))
+    assert r.returncode != 0
+    assert "started again" in r.stderr, r.stderr
+    link = root / "service" / "mbclient"
+    assert svc_calls.read_text().splitlines()[n:] == [f"svc -d {link}", f"svc -u {link}"]
+    assert not (app / "lib.new").exists()  # no staging left behind
+
+
 def test_configuration_is_written_shell_safe(bundle: Path, tmp_path: Path) -> None:
     """Values are written quoted: sourcing mbclient.conf (as root, at every boot) gives
     back exactly what was given and runs nothing."""
