@@ -25,7 +25,7 @@ from test_runtime_support import Observer, fast_config, running_supervisor, wait
 
 from mbclient.dbus import variants
 from mbclient.discovery.config import DiscoveryConfig
-from mbclient.sim import SimBus, growatt_min, sdm230, serve_rtu, serve_tcp
+from mbclient.sim import SimBus, SimUnit, growatt_min, sdm230, serve_rtu, serve_tcp
 from mbclient.sim.net import serve_silent
 
 BUSITEM = "com.victronenergy.BusItem"
@@ -255,11 +255,14 @@ async def test_serial_starter_cycle_exit_1_when_nothing_answers(dbus_address: st
     """serial-starter runs ``-x -s <tty>``: nothing on the port -> exit status 1 (next driver)."""
     from test_cli_run import finish, start_cli
 
-    async with serve_rtu(SimBus(baud=9600, units=[]), directory=tmp_path) as port:
+    # unit 1 answers, but like no model we know (another driver's device): not ours either
+    stranger = SimUnit(1, holding={i: 0xFFFF for i in range(0, 64)}, strict=False)
+    async with serve_rtu(SimBus(baud=9600, units=[stranger]), directory=tmp_path) as port:
         proc = await start_cli("-x", "-s", port.path, "--dbus", dbus_address, "--settings",
                                str(tmp_path / "s.json"))
         code, _out, err = await finish(proc, 30)
     assert code == 1, err
+    assert "matches no known model" in err  # it did answer
     assert "nothing answers on" in err and "Traceback" not in err
 
 

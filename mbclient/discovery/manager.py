@@ -302,7 +302,9 @@ class Discovery:
             configured, online = self._online()
             if self.autoscan and (configured == 0 or online < configured):
                 found = await self.scan(full=False)
-        if self.serial and self.sup.config.exit_on_error and not found and self._online()[1] == 0:
+        # units that answer but match no model do not make the port ours
+        if self.serial and self.sup.config.exit_on_error and not any(f.known for f in found) \
+                and self._online()[1] == 0:
             from ..runtime.supervisor import FatalDeviceError
 
             log.error("nothing answers on %s: exiting (-x) so that the next driver can try the port",
