@@ -5,6 +5,7 @@ drops its L2/L3 paths from the published service."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from test_cli_run import finish, running_cli
 from test_runtime_support import Observer
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.mark.timeout(90)
 async def test_evcs_and_em24_controls_over_dbus(dbus_address: str, tmp_path) -> None:  # noqa: ANN001
-    evcs = EvChargingStation(1, product_id=0xC023, serial="EVC777")
+    evcs = EvChargingStation(1, product_id=0xC023, serial="EVC777", name="Carport")
     evcs.set_u16("holding", 5009, 1)  # auto
     em24 = CarloGavazziMeter(1, layout="em24_ethernet", serial="BX55555")
     em24.measure((230.0, 231.0, 229.0), (500.0, 600.0, 700.0))
@@ -38,6 +39,15 @@ async def test_evcs_and_em24_controls_over_dbus(dbus_address: str, tmp_path) -> 
                 await observer.wait_for(charger, "/Ac/Power", lambda v: v == 3 * 230 * 12, timeout=20)
                 assert evcs.holding[5009] == 0 and evcs.holding[5016] == 12 and evcs.holding[5010] == 1
                 assert await observer.get(charger, "/Status") == 2
+                # the charger's own name is the service's; a new one is written to the charger
+                await observer.wait_for(charger, "/CustomName", lambda v: v == "Carport", timeout=20)
+                assert await observer.set(charger, "/CustomName", "Garage Süd") == 0
+                for _ in range(200):
+                    if evcs.name_text == "Garage Süd":
+                        break
+                    await anyio.sleep(0.05)
+                assert evcs.name_text == "Garage Süd"
+                await observer.wait_for(charger, "/CustomName", lambda v: v == "Garage Süd", timeout=20)
 
                 await observer.wait_for(meter, "/Ac/L3/Power", lambda v: v == pytest.approx(700.0), timeout=20)
                 assert await observer.get(meter, "/ProductId") == 0xB017

@@ -302,7 +302,7 @@ class EvChargingStation(SimUnit):
     phases at 230 V."""
 
     def __init__(self, address: int = 1, *, product_id: int = 0xC023, serial: str = "EVC042",
-                 firmware: int = 0x000122FF, **kw: object) -> None:
+                 firmware: int = 0x000122FF, name: str = "", **kw: object) -> None:
         super().__init__(address, name="EV Charging Station", **kw)  # type: ignore[arg-type]
         self.define(HOLDING, 5000, 50)
         self.set_u16(HOLDING, 5000, product_id)
@@ -320,11 +320,23 @@ class EvChargingStation(SimUnit):
         self.allow_write(5016, values=range(33))
         self.allow_write(5017, values=range(33))
         self.allow_write(5049, values=range(2))
+        self.allow_write(5027, 22)  # name, UTF-8, low byte first
         self.set_u16(HOLDING, 5016, 10)
         self.set_u16(HOLDING, 5017, 32)
         self.set_u32(HOLDING, 5023, 123456)  # 1234.56 kWh
         self.set_u16(HOLDING, 5015, 1)  # connected
+        self.set_name(name)
         self._apply()
+
+    def set_name(self, name: str) -> None:
+        raw = name.encode("utf-8").ljust(44, b"\0")
+        for i in range(22):
+            self.holding[5027 + i] = raw[2 * i] | raw[2 * i + 1] << 8
+
+    @property
+    def name_text(self) -> str:
+        raw = b"".join(bytes((self.holding[5027 + i] & 0xFF, self.holding[5027 + i] >> 8)) for i in range(22))
+        return raw.split(b"\0", 1)[0].decode("utf-8")
 
     def applied_write(self, address: int, values: list[int]) -> None:
         self._apply()
