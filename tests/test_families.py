@@ -279,3 +279,18 @@ async def test_smappee_ct_phase_moved_over_its_path(tmp_path) -> None:  # noqa: 
         await driver.poll(time.monotonic() + 60)
         assert store["/Ac/L1/Power"] == pytest.approx(99.0)
         assert store["/Ac/Power"] == pytest.approx(99.0 + 460.0 + 690.0)
+
+
+async def test_brands_mixed_on_one_rs485_line(tmp_path) -> None:  # noqa: ANN001
+    """What dbus-cgwacs and the stock client cannot share: one adapter, several makers."""
+    from mbclient.sim import sdm230
+
+    units = [CarloGavazziMeter(1, layout="em540", serial="EM540A1"), AbbMeter(2, model="B23", serial=99),
+             sdm230(3), CarloGavazziMeter(4, layout="et112", serial="ET112B2")]
+    async with serve_rtu(SimBus(9600, units=units), directory=tmp_path) as port:
+        link = RtuLink.serial(port.path, 9600)
+        try:
+            names = [(await identify(UnitClient(link, u), timeout=1.0)).name for u in (1, 2, 3, 4)]
+        finally:
+            await link.aclose()
+    assert names == ["cg_em540", "abb_b23", "sdm230", "cg_et112"]
