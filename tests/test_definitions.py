@@ -230,3 +230,28 @@ async def test_variant_drops_phases_and_writes_go_to_their_register(tmp_path: Pa
         assert store["/SetCurrent"] == pytest.approx(10.0)
     finally:
         await close()
+
+
+@pytest.mark.asyncio
+async def test_named_quirks_pause_after_connect_and_between_requests(tmp_path: Path) -> None:
+    """A device that needs a breath: no request within connect_delay of connecting and
+    none within request_gap of the previous answer (lower bounds, which load cannot break)."""
+    text = GOOD.replace('[identify]', '[quirks]\nconnect_delay = 0.3\nrequest_gap = 0.15\n\n[identify]')
+    fam = load_family(write(tmp_path, text))
+    unit = acme_unit(3)
+    seen: list[float] = []
+    unit.on_read = lambda table, address, count: seen.append(time.monotonic())
+    async with serve_tcp(unit) as info:
+        link = TcpLink(info.host, info.port)
+        try:
+            client = UnitClient(link, 1)
+            driver = fam.models[0].create(client, ItemStore(), DeviceOptions())
+            started = time.monotonic()
+            await driver.read_identity()
+            driver.add_items()
+            await driver.poll(time.monotonic())
+        finally:
+            await link.aclose()
+    assert seen[0] - started >= 0.3
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert len(gaps) >= 3 and min(gaps) >= 0.15
