@@ -274,7 +274,10 @@ class DynamicGeneration:
             woken = self.wake.is_set()
             self.wake.clear()
             ess = bool(self.limiter.ess_active)
+            # a rise waiting for its confirmation is looked at every tick: a steady import
+            # sends no signals, and the average must not wait for the next one
             if (woken or ess != self._ess or self.last is None or (self._held and not self._grid_quiet())
+                    or self.ladder.shaper.rising
                     or self._own_silent != (self._own_meter_fault(self.tracker.view("grid")) is not None)):
                 self.evaluate()
             now = loop.time()

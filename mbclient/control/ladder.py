@@ -15,9 +15,10 @@ sequences (``tests/test_control_ladder.py``). Two layers:
   *fast down, careful up*. The limit the site needs is computed directly from what is
   measured (inverter output + grid power − the target grid consumption), not walked
   towards: while the site exports, a lower limit is requested at once, unsmoothed (every
-  watt of delay is exported); while it imports, a higher limit follows an exponential
-  average and is requested only once it is more than the hysteresis above the one in
-  force (an overshoot upwards is export the moment the load drops again).
+  watt of delay is exported); while it imports, never a lower one, and a higher one only
+  once it is more than the hysteresis above the one in force and an exponential average
+  of the need confirms it (an overshoot upwards is export the moment the load drops
+  again). The seed's smoothed ramp remains for the rungs that want full power.
 
 :class:`Ladder` chains both; the controller calls ``Ladder.step(snapshot)`` on every input
 change and hands ``Step.request`` to the power limiter.
@@ -198,6 +199,12 @@ def decide(s: Snapshot, cfg: LadderSettings) -> Decision:
     return Decision(status, Action.FULL, demand=load)
 
 
+#: Share of the way from the limit in force to a higher need that the average of the need
+#: must have covered before the rise is requested: at smoothing 0.2 three evaluations in a
+#: row (~0.3 s: a pending rise is evaluated every 0.1 s), so a load must last, a spike not
+RISE_CONFIRM = 0.5
+
+
 # Sentinel for "do not call the limiter this time"
 class _Keep:
     __slots__ = ()
@@ -224,9 +231,11 @@ class Shaper:
     sent: float | None = None
     released: bool = True
     fast: bool = False
+    rising: bool = False  # a rise past the hysteresis is under way: followed until done
 
     def reset(self) -> None:
         self.ema = None
+        self.rising = False
 
     def forget(self) -> None:
         """The last request was refused: nothing is known to be in force."""
@@ -254,44 +263,62 @@ class Shaper:
         self.sent, self.released = percent, False
         return percent / 100.0 * rated
 
-    def towards(self, watts: float | None, cfg: LadderSettings, rated: float, *,
-                exporting: bool = False) -> float | None | _Keep:
-        """Say what to request for a need of ``watts`` (``None`` = full power).
-
-        Down while ``exporting``: the needed limit at once (no averaging). Down while
-        importing (the sun, not the limit, set the output, or the load rose less than
-        the margin): smoothed like the way up, nothing is exported meanwhile. Up: the
-        exponential average, requested once it is ``hysteresis`` W above the limit in
-        force; never while exporting (the rise would be export)."""
+    def towards(self, watts: float | None, cfg: LadderSettings, rated: float) -> float | None | _Keep:
+        """Smooth towards ``watts`` (``None`` = full power) and say what to request: the
+        seed's ramp, for the rungs that want full power (not limiting)."""
         target = cfg.max_percent if watts is None else self._clamp(watts / rated * 100.0, cfg)
-        current = cfg.max_percent if self.released else self.sent
-        if current is None or self.ema is None:  # a fresh start: the need as it is
-            self.ema = target
-            if current is not None and abs(target - current) <= cfg.deadband:
-                return KEEP
-            return self._send(target, rated, fast=exporting and current is not None and target < current)
-        if exporting and target < current:
-            self.ema = target
-            if current - target <= cfg.deadband:
-                return KEEP
-            return self._send(target, rated, fast=True)
-        if exporting:
-            self.ema = min(self.ema, current)  # no rise stored up while exporting
-            return KEEP
-        ema = self.ema = self.ema + cfg.smoothing * (target - self.ema)
+        ema = target if self.ema is None else self.ema + cfg.smoothing * (target - self.ema)
+        self.ema = ema
+        self.rising = False
         full = ema >= cfg.max_percent - cfg.deadband and target >= cfg.max_percent
         if full:
             # Close enough: ask for full power outright rather than creep towards it. As a
             # request of ours, not a release: the limiter spaces our writes, while it would
             # write a release at once.
             ema = self.ema = cfg.max_percent
-            return KEEP if current == cfg.max_percent else self._send(ema, rated, fast=False)
-        if ema > current:
-            if (ema - current) * rated / 100.0 <= cfg.hysteresis or ema - current <= cfg.deadband:
-                return KEEP
-        elif current - ema <= cfg.deadband:
+        current = cfg.max_percent if self.released else self.sent
+        if current is not None and (ema == current or (not full and abs(ema - current) <= cfg.deadband)):
             return KEEP
         return self._send(ema, rated, fast=False)
+
+    def limit(self, watts: float, cfg: LadderSettings, rated: float, *, exporting: bool) -> float | None | _Keep:
+        """Say what to request for a need of ``watts`` while limiting: fast down, careful up.
+
+        * Exporting: a lower need is requested at once, unsmoothed (``fast``). Nothing
+          higher is (a rise during export is more export), and no rise is stored up.
+        * Importing: never lower (nothing is exported; the output is below the limit
+          because the sun or the inverter's own lag set it). A rise starts once the need
+          is more than ``hysteresis`` W above the limit in force, and is requested once the
+          average of the need (``smoothing``, floored at the limit in force) has covered
+          ``RISE_CONFIRM`` of the way: a load that lasts, not a spike. What is requested
+          then is the need as measured, never more; the rise goes on until the limit is
+          within the deadband of the need.
+        """
+        target = self._clamp(watts / rated * 100.0, cfg)
+        current = cfg.max_percent if self.released else self.sent
+        if current is None or self.ema is None:  # a fresh start: the need as it is
+            self.ema, self.rising = target, False
+            if current is not None and abs(target - current) <= cfg.deadband:
+                return KEEP
+            return self._send(target, rated, fast=exporting and current is not None and target < current)
+        if exporting:
+            self.ema, self.rising = min(target, current), False
+            if target < current - cfg.deadband:
+                return self._send(target, rated, fast=True)
+            return KEEP
+        gap = target - current
+        if gap <= cfg.deadband:
+            self.ema, self.rising = min(target, current), False
+            return KEEP
+        ema = self.ema = max(self.ema, current) + cfg.smoothing * (target - max(self.ema, current))
+        if not self.rising and gap * rated / 100.0 <= cfg.hysteresis:
+            return KEEP
+        self.rising = True
+        if ema - current < RISE_CONFIRM * gap:
+            return KEEP
+        if target >= cfg.max_percent - cfg.deadband:
+            target = cfg.max_percent
+        return self._send(target, rated, fast=False)
 
     def _send(self, percent: float, rated: float, *, fast: bool) -> float:
         self.sent, self.released, self.fast = percent, False, fast
@@ -334,12 +361,19 @@ class Ladder:
             # than steer by it. This also keeps the limiter's minimum interval free, so the
             # safe limit can go out at once if the meter turns out to be gone.
             request = KEEP
+        elif d.action is Action.LIMIT:
+            rated = snapshot.rated_power
+            assert rated and d.target is not None
+            # The limiter writes whole percent, rounded down (a limit is never exceeded).
+            # Aiming half a step higher makes the register the step nearest to the need,
+            # so the import margin averages ``target_grid_power`` instead of that plus half
+            # a step; never more than the margin, so a steady state never exports.
+            aim = d.target + min(0.005 * rated, max(0.0, cfg.target_grid_power))
+            exporting = snapshot.grid_power is not None and snapshot.grid_power < 0
+            shaper.fast = False
+            request = shaper.limit(aim, cfg, rated, exporting=exporting)
+            return Step(d, request, fast=request is not KEEP and shaper.fast)
         else:
             assert snapshot.rated_power
-            watts = d.target if d.action is Action.LIMIT else None
-            # export matters only while limiting: the other rungs want full power regardless
-            exporting = d.action is Action.LIMIT and snapshot.grid_power is not None and snapshot.grid_power < 0
-            shaper.fast = False
-            request = shaper.towards(watts, cfg, snapshot.rated_power, exporting=exporting)
-            return Step(d, request, fast=request is not KEEP and shaper.fast)
+            request = shaper.towards(None, cfg, snapshot.rated_power)
         return Step(d, request)
