@@ -173,6 +173,16 @@ async def test_max_power_option_overrides_the_rating(tmp_path) -> None:  # noqa:
 
 async def test_power_limit_write_reaches_holding_3_within_one_transaction(tmp_path) -> None:  # noqa: ANN001
     inv, meter = inverter(turnaround=0.030), sdm230(2)  # the seed's bus, at its real speed
+    rate_reads: list[float] = []  # reads of holding 3 alone: the read-back of a limit write
+    chained = inv.on_read
+
+    def on_read(table, address, count) -> None:  # noqa: ANN001
+        if table == "holding" and address == 3 and count == 1:
+            rate_reads.append(time.monotonic())
+        if chained is not None:
+            chained(table, address, count)
+
+    inv.on_read = on_read
     async with rtu_line(tmp_path, inv, meter, baud=BAUD) as (bus, link):
         driver, store, _ = await connect(link)
         mdriver, _, _ = await connect(link, 2, "sdm230")
@@ -186,6 +196,9 @@ async def test_power_limit_write_reaches_holding_3_within_one_transaction(tmp_pa
                 between = [f for f in bus.frames if f.kind == REQUEST and accepted < f.start and f.end < written - 1e-4]
                 assert len(between) <= 1, between  # at most one other transaction first
                 await until(lambda: store["/Ac/PowerLimit"] == pytest.approx(pct * 42.0))
+                # every write is read back on the priority lane: that read belongs to this
+                # write, not to the next one's wait
+                await until(lambda: any(t > written for t in rate_reads))  # read back on the wire
     assert rate_writes(inv) == [50, 23, 0, 100]
 
 
