@@ -206,7 +206,8 @@ async def test_scan_request_while_scanning_and_stop(dbus_address: str, tmp_path,
 async def test_serial_port_autoscan_and_management_service(dbus_address: str, tmp_path) -> None:
     """A serial instance: AutoScan (default 1) finds the unit at its rate at start; the
     port's own management service runs a full scan on request and saves what it finds."""
-    bus = SimBus(baud=38400, units=[growatt_min(1, serial="QXB2400001"), sdm230(7, serial=24000007)])
+    # unit 7 answers within 5 ms: the full scan's 40 ms timeout keeps a margin on a loaded machine
+    bus = SimBus(baud=38400, units=[growatt_min(1, serial="QXB2400001"), sdm230(7, serial=24000007, turnaround=0.005)])
     async with serve_rtu(bus, directory=tmp_path, strict_baud=True) as port:
         obs = await Observer.connect(dbus_address)
         try:

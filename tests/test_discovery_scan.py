@@ -118,8 +118,10 @@ async def test_full_scan_skips_silence_late_units_and_garbage(tmp_path) -> None:
     late = sdm230(5, serial=23000005)
     late.late_by = 0.3  # answers after the scan's timeout: must not be taken for unit 6's reply
     garbage = SimUnit(9, holding={0xFC00 + i: 0x1234 for i in range(4)} | {43: 0xFFFF, 44: 0xFFFF},
-                      input={i: 0xFFFF for i in range(6)}, strict=False)
-    bus = SimBus(baud=115200, units=[growatt_min(3, serial="QXB0000003"), late, sdm120(6, serial=12000006), garbage])
+                      input={i: 0xFFFF for i in range(6)}, strict=False, turnaround=0.005)
+    # the units to be found answer within 5 ms: margin against the 50 ms timeout under load
+    bus = SimBus(baud=115200, units=[growatt_min(3, serial="QXB0000003"), late,
+                                     sdm120(6, serial=12000006, turnaround=0.005), garbage])
     async with serve_rtu(bus, directory=tmp_path) as port:
         links = LinkPool()
         try:
