@@ -253,3 +253,21 @@ def test_device_list_canonical_form() -> None:
     assert devlist.with_added(text, [parse_spec("tcp:192.168.1.5:502:1"), parse_spec("tcp:10.0.0.1:502:2")]) == \
         "tcp:10.0.0.1:502:2,tcp:192.168.1.50:502:1,tcp:192.168.1.5:502:1:sdm230"
     assert devlist.canonical("")[0] == ""
+
+
+def test_progress_bar_draws_only_on_a_terminal() -> None:
+    import io
+
+    from mbclient.discovery.command import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term, pipe = Tty(), io.StringIO()
+    for out in (term, pipe):
+        bar = ProgressBar(out, "scanning ttyUSB0")
+        bar.update(37, 100, force=True)
+        bar.clear()
+    assert "scanning ttyUSB0 [###########" in term.getvalue() and " 37%" in term.getvalue()
+    assert pipe.getvalue() == ""  # redirected output stays clean
