@@ -37,6 +37,22 @@ def test_a_service_hears_the_shortest_interval_wanted_and_the_end_of_demand() ->
     assert heard.values == [None, 0.2, 0.1, 0.2, None]
 
 
+def test_the_age_of_our_meters_last_read_is_known_and_only_for_ours() -> None:
+    """The controller judges a meter of ours by its last successful read: a service that is
+    not ours has no such age (judged over D-Bus), one never read is infinitely old, and a
+    detached (renamed, removed) service is no longer ours."""
+    demand = PollDemand()
+    last: list[float | None] = [None]
+    detach = demand.attach(GRID, Heard(), lambda: last[0])
+    assert demand.read_age("com.victronenergy.grid.other") is None
+    assert demand.read_age(None) is None
+    assert demand.read_age(GRID) == float("inf")
+    last[0] = 100.0
+    assert demand.read_age(GRID, now=105.5) == pytest.approx(5.5)
+    detach()
+    assert demand.read_age(GRID, now=105.5) is None
+
+
 def test_demand_made_before_a_service_appears_or_after_a_rename_is_heard() -> None:
     demand = PollDemand()
     owner = object()
