@@ -269,7 +269,7 @@ class DynamicGeneration:
         while True:
             _raise_if_cancelling()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(next_tick(loop.time(), self.options.tick)):  # not wait_for (see inputs.run)
+                async with asyncio.timeout_at(self._next_look(loop.time(), next_publish)):  # not wait_for (see inputs.run)
                     await self.wake.wait()
             woken = self.wake.is_set()
             self.wake.clear()
@@ -285,6 +285,26 @@ class DynamicGeneration:
                 next_publish = now + self.options.publish_interval
                 self._publish_limiter_state()
                 self.store.flush()
+
+    def _next_look(self, now: float, next_publish: float) -> float:
+        """When to look again without being woken (loop time, on the tick grid shared with
+        the input tracker): the next tick while something is in motion (no evaluation
+        yet, a rise waiting for its confirmation - a steady import sends no signals -, a
+        hold on a quiet grid, our own meter silent), else the first deadline: the limiter
+        state's publication, our own meter turning silent (its last read + the stale
+        timeout), ESS's last write expiring. Changes of inputs wake the loop (``wake``)."""
+        tick = self.options.tick
+        if self.last is None or self.ladder.shaper.rising or self._held or self._own_silent:
+            return next_tick(now, tick)
+        due = next_publish
+        if self.read_age is not None:
+            age = self.read_age(self._views[0].service if self._views else None)
+            if age is not None:
+                due = min(due, now + max(0.0, self.tracker.stale_after - age))
+        ess_left = getattr(self.limiter, "ess_remaining", None)
+        if ess_left is not None:
+            due = min(due, now + ess_left)
+        return next_tick(max(due, now), tick)
 
     # -- one evaluation --------------------------------------------------------------------------
     def snapshot(self) -> L.Snapshot:

@@ -20,6 +20,9 @@ Staleness rule (signals carry changes only; an unchanged value sends nothing):
   or an answer to a liveness probe. A service quiet for half the stale timeout gets one
   probe (``GetValue`` of its key path); a service that answers is alive and its values
   merely unchanged, so the age restarts;
+* the tracker wakes only when something can change: a message, or the next deadline of a
+  followed service (half the stale timeout after it was last heard: the probe; the stale
+  timeout: the silence), on the shared tick grid (``next_tick``) - never on a fixed tick;
 * a role is *faulty* when its service vanished (``gone``, noticed in the message handler,
   no waiting), its ``/Connected`` is not 1 (``disconnected``; our own meters publish 0 and
   invalidate their values when asleep), its key value is invalid (``invalid``), it neither
@@ -172,7 +175,8 @@ class InputTracker:
         self._by_owner: dict[str, _Followed] = {}
         self._by_serial: dict[int, _Followed] = {}
         self._locks = {r: asyncio.Lock() for r in self.roles}
-        self._events: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        # NameOwnerChanged events, and None: "a deadline may have moved earlier, look again"
+        self._events: asyncio.Queue[tuple[str, str, str] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
 
     # -- public --------------------------------------------------------------------------------
@@ -198,6 +202,7 @@ class InputTracker:
     def set_stale_after(self, seconds: float) -> None:
         self.stale_after = seconds
         self.changed.set()
+        self._rearm()
 
     async def run(self) -> None:
         """Connect, discover, follow; returns only by cancellation (then disconnects)."""
@@ -214,12 +219,13 @@ class InputTracker:
             await asyncio.gather(*(self._reselect(r) for r in self.roles))
             self._ready.set()
             self.changed.set()
+            loop = asyncio.get_running_loop()
             while True:
                 event = None
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
                 # that coincides with the queue delivering, and the task would never end.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(next_tick(asyncio.get_running_loop().time(), self.tick)):
+                    async with asyncio.timeout_at(self._next_check(loop.time())):
                         event = await self._events.get()
                 if event is not None:
                     self._on_owner_change(*event)
@@ -232,6 +238,29 @@ class InputTracker:
             with contextlib.suppress(Exception):
                 await _within(bus.wait_for_disconnect(), 1.0)
             self._bus = None
+
+    def _next_check(self, loop_now: float) -> float | None:
+        """Loop time of the next probe or silence of a followed service, on the tick grid
+        (``None``: nothing to wait for but messages). A deadline already acted on (a probe
+        under way, a silence already noticed) is left out, so this never names the past;
+        a probe that failed is retried at the next tick, as before."""
+        now = self.clock()
+        half, stale = self.stale_after / 2, self.stale_after
+        due = math.inf
+        for f in self._followed.values():
+            if f is None or f.gone or not f.initialised or f.heard is None:
+                continue
+            if not f.probing and f.heard + half < due:
+                due = f.heard + half
+            if now <= f.heard + stale < due:
+                due = f.heard + stale
+        if due == math.inf:
+            return None
+        return next_tick(loop_now + max(0.0, due - now), self.tick)
+
+    def _rearm(self) -> None:
+        """A deadline may lie earlier than the one the loop waits for: let it look again."""
+        self._events.put_nowait(None)
 
     # -- faults ----------------------------------------------------------------------------------
     def _fault(self, f: _Followed, age: float | None) -> str | None:
@@ -281,6 +310,8 @@ class InputTracker:
                 self.changed.set()
 
     def _apply(self, f: _Followed, items: dict[str, Any], *, signal: bool) -> None:
+        if f.heard is None:
+            self._rearm()
         f.heard = self.clock()
         if signal:
             f.signals += 1
@@ -296,6 +327,8 @@ class InputTracker:
         if changed:
             self.changed.set()
             self._candidate_changed(f)
+        if self._last_faults.get(f.role.name) is not None:
+            self._notice_staleness()  # e.g. silent -> fresh although no value changed
 
     def _candidate_changed(self, f: _Followed) -> None:
         """The followed service's instance (or, for batteries, connection) changed: the
@@ -439,8 +472,10 @@ class InputTracker:
                     if f.values.get(f.role.key_path, ...) != value:
                         f.values[f.role.key_path] = value
                         self.changed.set()
+                self._notice_staleness()
         finally:
             f.probing = False
+            self._rearm()  # the next probe's deadline (or a retry of this one)
 
     # -- D-Bus helpers -----------------------------------------------------------------------------
     async def _dbus_call(self, member: str, signature: str = "", body: list | None = None) -> Message:

@@ -213,6 +213,15 @@ class PowerLimiter:
         return self._ess_at is not None and self.clock() - self._ess_at < self.ess_timeout
 
     @property
+    def ess_remaining(self) -> float | None:
+        """Seconds until ESS's last write stops counting (``None``: ESS is not active), so
+        a controller standing aside can wait for that moment instead of looking often."""
+        if self._ess_at is None:
+            return None
+        left = self._ess_at + self.ess_timeout - self.clock()
+        return left if left > 0 else None
+
+    @property
     def source(self) -> str | None:
         if self.ess_active:
             return ESS
