@@ -6,13 +6,17 @@ systemcalc does), unless a service name is configured for the role. The choice i
 again whenever a ``com.victronenergy.`` name comes or goes (``NameOwnerChanged`` with
 ``arg0namespace``) or the followed service's ``/DeviceInstance`` changes.
 
-How: one connection of our own (a client; the grid meter may be published by this very
-process, it is still read over D-Bus so every meter is treated alike). Per followed
-service *one* match rule (``sender=<name>, interface=com.victronenergy.BusItem``) brings
+How: one connection of our own (a client). Per followed service *one* match rule (``sender=<name>, interface=com.victronenergy.BusItem``) brings
 both ``ItemsChanged`` on ``/`` and per-path ``PropertiesChanged``; the initial values come
 from ``GetItems`` on ``/``. The ``GetItems`` reply is applied from the same message
 handler that applies signals, so a signal sent after the reply can never be overwritten by
 the older reply.
+
+A followed service published by this very process (``local_store`` names its item store)
+is chosen like any other, but its values are taken from the store as each read is
+decoded: no match rule, no signal travelling out to the bus daemon and back (ten per
+second from a grid meter polled fast while the controller steers). Every flush counts as
+a signal, and a probe of it is answered at once while the store is still the service's.
 
 Staleness rule (signals carry changes only; an unchanged value sends nothing):
 
@@ -130,6 +134,8 @@ class _Followed:
     initialised: bool = False  # GetItems answered
     gone: bool = False
     items_serial: int = 0  # serial of the pending GetItems call
+    local: Any = None  # the ItemStore of a service of this process (values taken in process)
+    unsubscribe: Callable[[], None] | None = None
     probing: bool = False
     signals: int = 0  # count of signals seen (a probe's answer is older than any later signal)
 
@@ -178,6 +184,9 @@ class InputTracker:
         # NameOwnerChanged events, and None: "a deadline may have moved earlier, look again"
         self._events: asyncio.Queue[tuple[str, str, str] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
+        #: The item store behind a service name if that service is published by this
+        #: process (``None``: not ours, follow it over D-Bus). Set by the runtime.
+        self.local_store: Callable[[str], Any] | None = None
 
     # -- public --------------------------------------------------------------------------------
     async def ready(self) -> None:
@@ -310,17 +319,25 @@ class InputTracker:
                 self.changed.set()
 
     def _apply(self, f: _Followed, items: dict[str, Any], *, signal: bool) -> None:
+        wanted = f.role.paths
+        self._take(f, [(path, unwrap(props["Value"])) for path, props in items.items()
+                       if path in wanted and isinstance(props, dict) and "Value" in props], signal=signal)
+
+    def _apply_local(self, f: _Followed, batch: dict[str, Any]) -> None:
+        """A flush of our own service's item store (``Item`` objects, values as published)."""
+        if f.gone:
+            return
+        wanted = f.role.paths
+        self._take(f, [(path, item.value) for path, item in batch.items() if path in wanted], signal=True)
+
+    def _take(self, f: _Followed, values: list[tuple[str, Any]], *, signal: bool) -> None:
         if f.heard is None:
             self._rearm()
         f.heard = self.clock()
         if signal:
             f.signals += 1
         changed = False
-        wanted = f.role.paths
-        for path, props in items.items():
-            if path not in wanted or not isinstance(props, dict) or "Value" not in props:
-                continue
-            value = unwrap(props["Value"])
+        for path, value in values:
             if f.values.get(path, ...) != value:
                 f.values[path] = value
                 changed = True
@@ -415,6 +432,15 @@ class InputTracker:
         f = _Followed(role, name, rule)
         self._followed[role.name] = f
         self.changed.set()
+        store = self.local_store(name) if self.local_store is not None else None
+        if store is not None:
+            f.local = store
+            f.unsubscribe = store.subscribe(lambda batch: self._apply_local(f, batch))
+            self._apply_local(f, store.items)
+            f.initialised = True
+            self.changed.set()
+            log.info("%s input: following %s (in process)", role.name, name)
+            return
         try:
             await self._dbus_call("AddMatch", "s", [rule])
             f.owner = (await self._dbus_call("GetNameOwner", "s", [name])).body[0]
@@ -446,6 +472,11 @@ class InputTracker:
         self._by_owner.pop(f.owner or "", None)
         self._by_serial.pop(f.items_serial, None)
         f.gone = True
+        if f.unsubscribe is not None:
+            with contextlib.suppress(ValueError):
+                f.unsubscribe()
+            f.unsubscribe = None
+            return
         with contextlib.suppress(Exception):
             await self._dbus_call("RemoveMatch", "s", [f.rule])
 
@@ -457,6 +488,10 @@ class InputTracker:
                 f is not None and not f.gone and f.initialised and not f.probing
                 and f.heard is not None and now - f.heard > self.stale_after / 2
             ):
+                if f.local is not None:  # ours: alive while the store is still the service's
+                    if self.local_store is not None and self.local_store(f.name) is f.local:
+                        f.heard = now
+                    continue
                 f.probing = True
                 self._spawn(self._probe(f))
 

@@ -416,7 +416,8 @@ class DeviceTask:
         """Run the controller beside the poll loop, for as long as the service is published.
         Its failure is logged and never takes the device down (the limit stays as it is).
         While it steers, the grid meter it follows is polled fast if it is one of ours, and
-        the controller judges that meter's freshness by its last successful read."""
+        the controller judges that meter's freshness by its last successful read and takes
+        its readings from its item store rather than over D-Bus."""
         scope = anyio.CancelScope()
         demand, interval = self.ctx.demand, self.cfg.control_poll
 
@@ -434,6 +435,7 @@ class DeviceTask:
 
         controller.on_follow = follow
         controller.read_age = demand.read_age
+        controller.tracker.local_store = demand.store  # our own meters' readings in process
         self._spawn(run)
         return scope.cancel
 
@@ -450,7 +452,7 @@ class DeviceTask:
         def last_read() -> float | None:
             return self.last_ok if self.last_ok > 0 else None
 
-        self._detach_demand = self.ctx.demand.attach(self.service_name, heard, last_read)
+        self._detach_demand = self.ctx.demand.attach(self.service_name, heard, last_read, self.store)
 
     def _detach(self) -> None:
         if self._detach_demand is not None:
