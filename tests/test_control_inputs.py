@@ -198,3 +198,74 @@ async def test_battery_choice_moves_when_the_followed_one_disconnects(dbus_addre
         await stop(task)
         await first.close()
         await second.close()
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_input_is_looked_at_on_its_deadlines_not_on_every_tick(dbus_address):
+    """Between a service's signals the tracker sleeps until its next probe or silence is
+    due (each wakeup costs the process CPU); silence is still noticed right after the stale
+    timeout, and the controller is told at once."""
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.deadlines", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address, stale_after=2.0)
+    passes = 0
+    look = tracker._probe_quiet
+
+    def counted() -> None:
+        nonlocal passes
+        passes += 1
+        look()
+
+    tracker._probe_quiet = counted  # called once per pass of the tracker's loop
+    try:
+        await asyncio.sleep(3.0)  # answers its probes: fresh throughout, one probe a second
+        assert tracker.view("grid").fault is None
+        assert 2 <= grid.calls["GetValue"] <= 5
+        assert passes <= 12, f"{passes} passes in 3 s: the tracker ticks instead of sleeping to its deadlines"
+        grid.freeze()
+        tracker.changed.clear()
+        heard = time.monotonic() - tracker.view("grid").age
+        await asyncio.wait_for(tracker.changed.wait(), 4)
+        assert tracker.view("grid").fault == "silent"
+        assert time.monotonic() - heard < 2.0 + 0.5  # the stale timeout, on the next tick
+    finally:
+        await stop(task)
+        await grid.close()
+
+
+@pytest.mark.asyncio
+async def test_a_meter_of_this_process_is_read_in_process(dbus_address):
+    """Our own meter's readings reach the controller's inputs as its store flushes them, not
+    after a trip through the bus daemon; its liveness and disappearance are judged as for
+    any service."""
+    store = ItemStore()
+    for path, value in GRID_VALUES.items():
+        store.add(path, value)
+    name = "com.victronenergy.grid.in_process"
+    export = ServiceExport(store, dbus_address)
+    await export.start(name)
+    tracker = InputTracker(dbus_address, (GRID, VEBUS, BATTERY), stale_after=0.6)
+    tracker.local_store = {name: store}.get
+    task = asyncio.create_task(tracker.run())
+    try:
+        await asyncio.wait_for(tracker.ready(), 5)
+        await wait_until(lambda: tracker.view("grid").service == name)
+        assert tracker.view("grid").get("/Ac/Power") == 250.0
+        tracker.changed.clear()
+        store.set("/Ac/Power", -75.5)
+        store.flush()
+        assert tracker.view("grid").get("/Ac/Power") == -75.5  # no await: taken in the flush
+        assert tracker.changed.is_set()
+        t_end = time.monotonic() + 1.5  # no change for over two stale periods: still alive
+        while time.monotonic() < t_end:
+            assert tracker.view("grid").fault is None
+            await asyncio.sleep(0.1)
+        store.set("/Connected", 0)
+        store.set("/Ac/Power", None)
+        store.flush()
+        assert tracker.view("grid").fault == "disconnected"
+        await export.stop()
+        await wait_until(lambda: tracker.view("grid").fault in ("gone", "none"))
+        assert tracker.view("grid").get("/Ac/Power") is None
+    finally:
+        await stop(task)
+        await export.stop()
