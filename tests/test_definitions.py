@@ -105,6 +105,8 @@ MISTAKES = [
     ('when = { phase_config', 'when = { phase_count', "phase_count", r"'phase_count' is not an identity register"),
     ('inputs = ["total_power"]', 'inputs = ["total_powr"]', "/Ac/Export", r"input 'total_powr'"),
     ('vendor = "acme"', 'vendor = "ac me"', "vendor", r"letters, digits"),
+    ('vendor = "acme"', 'vendor = "acme"\nbus_name = "acme_{tty}_{unit}"', "bus_name",
+     r"bus_name: .*\{port\} and \{unit\} the only fields"),
     ('at = 0x00\n', 'at = 0x00\nmagic = 1\n', "magic", r"identify\.magic: unknown key"),
     ('product_id = 0xFE80', 'product_id = 0xFE80\nproduct_id = 1', "product_id = 1", r"not valid TOML"),
 ]

@@ -142,8 +142,12 @@ async def test_cg_rs485_meters_identified_and_read(tmp_path, layout: str, name: 
     meter.set_energy((1.5, 2.5, 3.5), 4.5, (4.0, 0.5, 0.0))
     async with served(meter, "rtu", tmp_path) as link:
         model, driver, store, identity, service = await publish(link, 2)
-    assert model.name == name and model.product_id == 0xB002 and model.vendor == "cg"
-    assert service == "com.victronenergy.grid.cg_AB98765"
+    # named as dbus-cgwacs names them: the service by line and address, the settings by serial
+    assert model.name == name and model.product_id == 0xB002 and model.vendor == "cgwacs"
+    assert service == "com.victronenergy.grid.cgwacs_AB98765"  # the settings ident
+    assert model.service_ident(identity.serial, "/dev/ttyUSB0", 2) == "cgwacs_ttyUSB0_mb2"
+    assert model.service_ident(identity.serial, "/dev/serial/by-id/usb-x", 7) == "cgwacs_serial_by-id_usb-x_mb7"
+    assert model.service_ident(identity.serial) == "cgwacs_AB98765"  # the same meter behind a TCP gateway
     assert [(a, v) for _, _, a, v in meter.write_log] == [(meter.mode_register, [meter.mode_wanted])]
     assert store["/Ac/Frequency"] == pytest.approx(49.9)
     assert store["/Ac/Energy/Reverse"] == pytest.approx(4.5)  # the ET112's negative counter too

@@ -68,6 +68,7 @@ POSITION_CHOICES: Mapping[str, tuple[int, ...]] = {
 LATENCY_FACTOR = 4.0
 MAX_TIMEOUT = 2.0
 
+_BUS_BAD = re.compile(r"[^A-Za-z0-9_-]")  # bus-name element (may hold '-')
 _IDENT_BAD = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -186,6 +187,11 @@ class Model:
     #: The name a spec uses for a family whose driver resolves the concrete model at
     #: identification (``sunspec`` -> ``sunspec_inverter``/``sunspec_meter``); "" otherwise.
     family: str = ""
+    #: Bus-name element on a serial line when it is not the settings ident, from the fields
+    #: ``{port}`` (the tty as the stock driver names it) and ``{unit}``: the stock driver
+    #: of a family names its services by connection (dbus-cgwacs ``cgwacs_{port}_mb{unit}``),
+    #: its settings by serial. "" = the ident. Network connections always use the ident.
+    bus_name: str = ""
 
     def __post_init__(self) -> None:
         if self.default_role not in self.allowed_roles:
@@ -197,8 +203,18 @@ class Model:
         return cls(self, client, store, options or DeviceOptions())
 
     def ident(self, serial: str) -> str:
-        """``<vendor>_<serial>``: bus-name element and /Settings/Devices/<ident>."""
+        """``<vendor>_<serial>``: /Settings/Devices/<ident>, and the bus-name element unless
+        the model has a :attr:`bus_name`."""
         return _IDENT_BAD.sub("_", f"{self.vendor}_{serial}")
+
+    def service_ident(self, serial: str, tty: str | None = None, unit: int = 0) -> str:
+        """Fourth element of the service name: ``bus_name`` filled in for a device on the
+        serial line ``tty`` (a device path, ``/dev/`` dropped and ``/`` -> ``_`` as
+        dbus-cgwacs does), else :meth:`ident`."""
+        if not self.bus_name or tty is None:
+            return self.ident(serial)
+        port = tty.removeprefix("/dev/").replace("/", "_")
+        return _BUS_BAD.sub("_", self.bus_name.format(port=port, unit=unit))
 
     def position_choices(self, role: str) -> tuple[int, ...] | None:
         """Allowed /Position values in ``role``, or None when the role has no /Position."""

@@ -69,6 +69,7 @@ REFRESH = {r.name.lower(): r for r in Refresh}
 KINDS = {"int": int, "float": float, "str": str}
 PATH_RE = re.compile(r"^(/[A-Za-z0-9_]+)+$")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BUS_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 MODEL_RE = re.compile(r"^[a-z0-9_]+$")
 TEXT_RE = re.compile(r"^(text|utf8text)(\d+)(le)?$")
 TRANSPORTS = ("rtu", "ascii", "tcp", "udp", "rtuovertcp")
@@ -77,12 +78,12 @@ ROW_KEYS = {"path", "name", "at", "type", "table", "scale", "unit", "precision",
             "text", "bits", "write", "kind", "also", "cumulative", "asleep", "optional"}
 DERIVED_KEYS = {"path", "fn", "inputs", "unit", "precision", "kind", "cumulative", "asleep"}
 WRITE_KEYS = {"min", "max", "choices", "to", "readback"}
-FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "driver", "default_role", "roles", "device_instance",
+FAMILY_KEYS = {"format", "family", "manufacturer", "vendor", "bus_name", "driver", "default_role", "roles", "device_instance",
                "transports", "units", "rates", "tcp_port", "table", "timeout", "meter", "rules", "quirks", "identify",
                "identity", "registers", "model", "devices"}
 MODEL_KEYS = {"name", "product", "product_id", "phases", "registers", "match", "match_range", "match_prefix",
               "detect", "variant", "rules", "default_role", "roles", "device_instance", "driver", "transports", "units",
-              "rates", "tcp_port", "identity"}
+              "rates", "tcp_port", "identity", "vendor", "bus_name"}
 IDENTIFY_KEYS = {"table", "at", "type", "count", "order", "require", "fallback"}
 REQUIRE_KEYS = {"table", "at", "type", "count", "min", "max", "equals", "one_of"}
 VARIANT_KEYS = {"when", "add", "drop", "phases"}
@@ -318,6 +319,7 @@ class _Loader:
         vendor = self._get(doc, "vendor", str, "", None, required=True)
         if not NAME_RE.match(vendor):
             raise self.fail("vendor", "letters, digits and _ only (it becomes part of a D-Bus name)", "vendor")
+        bus_name = self._bus_name(doc, "")
         self.default_table = self._table(doc.get("table", "holding"), "table", "table")
         self.driver = self._driver(doc.get("driver"), "driver", "driver")
         roles = self._roles(doc, "", None)
@@ -358,7 +360,7 @@ class _Loader:
         fam = Family(name=name, source=self.src.path, models=models)
         for i, mdoc in enumerate(models_doc):
             models.append(self._model(i, mdoc, sets, fam, dict(
-                manufacturer=manufacturer, vendor=vendor, default_role=default_role, allowed_roles=roles,
+                manufacturer=manufacturer, vendor=vendor, bus_name=bus_name, default_role=default_role, allowed_roles=roles,
                 device_instance=instance, identity=identity, min_timeout=min_timeout, initial_timeout=initial_timeout,
                 is_meter=is_meter, transports=transports, default_units=units, rates=rates, tcp_port=tcp_port,
                 quirks=quirks, source=self.src.path, max_devices=devices), rules))
@@ -382,6 +384,19 @@ class _Loader:
             known = ", ".join(sorted(_DRIVERS)) or "none"
             raise self.fail(key, f"unknown driver {v!r} (code a family may name: {known})", *needles)
         return _DRIVERS[v]
+
+    def _bus_name(self, doc: Mapping[str, Any], key: str, *needles: str) -> str:
+        """A service name element from ``{port}`` and ``{unit}`` (see ``Model.bus_name``)."""
+        bus_name = self._get(doc, "bus_name", str, key, "", *needles)
+        if bus_name:
+            try:
+                sample = bus_name.format(port="ttyUSB0", unit=1)
+            except (KeyError, IndexError, ValueError):
+                sample = ""
+            if not BUS_NAME_RE.match(sample):
+                raise self.fail(f"{key}.bus_name" if key else "bus_name", f"{bus_name!r}: a letter first, then letters, digits, _ and -, "
+                                "with {port} and {unit} the only fields", "bus_name", *needles)
+        return bus_name
 
     def _roles(self, doc: Mapping[str, Any], key: str, default: tuple[str, ...] | None) -> tuple[str, ...]:
         roles = doc.get("roles")
@@ -636,6 +651,14 @@ class _Loader:
             model_common["default_role"] = roles[0]
         if "device_instance" in m:
             model_common["device_instance"] = self._get(m, "device_instance", int, key, 40, *needles)
+        if "vendor" in m:
+            vendor = self._get(m, "vendor", str, key, "", *needles)
+            if not NAME_RE.match(vendor):
+                raise self.fail(f"{key}.vendor", "letters, digits and _ only (it becomes part of a D-Bus name)",
+                                *needles)
+            model_common["vendor"] = vendor
+        if "bus_name" in m:
+            model_common["bus_name"] = self._bus_name(m, key, *needles)
         driver = self._driver(m["driver"], f"{key}.driver", *needles) if "driver" in m else self.driver
         for k, kind in (("transports", list), ("units", list), ("rates", list), ("tcp_port", int)):
             if k in m:

@@ -152,7 +152,8 @@ class DeviceTask:
         self.store: ItemStore | None = None
         self.export: ServiceExport | None = None
         self.health: HealthPublisher | None = None
-        self.ident = ""
+        self.ident = ""  # /Settings/Devices/<ident>; one device, one ident (per serial)
+        self.bus_ident = ""  # fourth element of the service name (usually the ident)
         self.role = ""
         self.instance = -1
         self.never_answered = True  # in this run (a device published from memory)
@@ -175,7 +176,7 @@ class DeviceTask:
 
     @property
     def service_name(self) -> str:
-        return f"com.victronenergy.{self.role}.{self.ident}"
+        return f"com.victronenergy.{self.role}.{self.bus_ident or self.ident}"
 
     # ------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -356,6 +357,8 @@ class DeviceTask:
             raise DuplicateDevice(f"{self.spec} and {holder} are the same device ({model.name} serial "
                                   f"{known.serial}): it runs once, through {holder}; remove one of the two")
         self.ident = ident
+        self.bus_ident = model.service_ident(known.serial, self.spec.device_path if self.spec.is_serial else None,
+                                             self.spec.unit)
         ci = await settings.claim_device(self.ident, model.default_role, model.device_instance)
         if ci.role not in model.allowed_roles:  # a role this model cannot take (edited by hand)
             self.log.warning("stored role %r not allowed for %s; using %s", ci.role, model.name, model.default_role)

@@ -30,6 +30,7 @@ async def probe_one(spec: DeviceSpec, links: Any, timeout: float = 1.0) -> list[
     driver = model.create(client, ItemStore(), devices.DeviceOptions(index=spec.index))
     identity = await driver.read_identity()
     model = driver.model  # a family (SunSpec) resolves to the model it found
+    bus_ident = model.service_ident(identity.serial, spec.device_path if spec.is_serial else None, spec.unit)
     rows = [
         ("model", model.name),
         ("manufacturer", str(getattr(model, "manufacturer", ""))),
@@ -39,7 +40,7 @@ async def probe_one(spec: DeviceSpec, links: Any, timeout: float = 1.0) -> list[
         ("firmware", str(identity.firmware or "")),
         ("hardware", str(identity.hardware or "")),
         ("role", f"{model.default_role} (allowed: {', '.join(model.allowed_roles)})"),
-        ("service", f"com.victronenergy.{model.default_role}.{model.ident(identity.serial)}"),
+        ("service", f"com.victronenergy.{model.default_role}.{bus_ident}"),
     ]
     for key, value in sorted((getattr(identity, "extra", None) or {}).items()):
         rows.append((str(key), str(value)))
