@@ -94,10 +94,14 @@ class StreamLine(asyncio.BufferedProtocol):
         own last byte, not from whatever arrived after it (tests/test_fuzz_links.py).
         """
         absolute = self.accepted - len(self.rx) + index
-        for end, when in self._chunks:
-            if absolute < end:
-                return when
-        return self.last_rx
+        # The chunk holding it is the oldest one ending after it. A reply's last byte is in
+        # one of the newest chunks: walk back from the newest, not up from the oldest of 64.
+        found = None
+        for end, when in reversed(self._chunks):
+            if absolute >= end:
+                break
+            found = when
+        return self.last_rx if found is None else found
 
     async def wait(self, until: float) -> None:
         """Return when bytes are accepted, the line closes, or the loop clock reaches ``until``."""
