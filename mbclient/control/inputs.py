@@ -491,6 +491,9 @@ class InputTracker:
                 if f.local is not None:  # ours: alive while the store is still the service's
                     if self.local_store is not None and self.local_store(f.name) is f.local:
                         f.heard = now
+                    elif not f.probing:  # republished with another store: follow it afresh
+                        f.probing = True
+                        self._spawn(self._reselect(f.role.name, renewed=f.name))
                     continue
                 f.probing = True
                 self._spawn(self._probe(f))
