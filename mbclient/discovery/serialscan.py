@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .. import devices
 from ..spec import DeviceSpec
 from .probe import Found, probe_unit
+
+if TYPE_CHECKING:
+    from ..transports import LinkPool
 
 log = logging.getLogger("mbclient.discovery")
 
@@ -67,7 +71,7 @@ class SerialScan:
 
     def __init__(
         self,
-        links: object,
+        links: LinkPool,
         port: str,
         *,
         mode: str = "rtu",
@@ -89,7 +93,7 @@ class SerialScan:
         self.on_found = on_found
         self.on_progress = on_progress
         probe = DeviceSpec(mode, port, COMMON_RATE, 1)
-        in_use = links.serial_rate(probe.device_path) if hasattr(links, "serial_rate") else None
+        in_use = links.serial_rate(probe.device_path)
         self.rates = [in_use] if in_use else candidate_rates(mode, rates)
         if in_use and rates and in_use not in rates:
             log.info("%s runs at %d Bd: scanning at that rate only", port, in_use)
