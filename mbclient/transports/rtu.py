@@ -79,13 +79,13 @@ import math
 import os
 
 import serial
-import serial_asyncio_fast
 
 from ..errors import FrameError, LinkDown, ModbusExceptionResponse, ModbusTimeout
 from ..modbus.framing import char_time, frame_gap
 from ..modbus.pdu import WRITE_MULTIPLE, WRITE_SINGLE, Request
 from .base import LinkBase, UnitStats, accept_reply
 from .framers import FRAME, NEED, STRAY, AsciiFramer, Framer, RtuFramer
+from .serialport import open_serial
 from .stream import Backoff, StreamLine
 from .turns import Turns
 
@@ -296,16 +296,8 @@ class RtuLink(LinkBase):
         line = StreamLine(loop)
         if self._device is not None:
             try:
-                transport, _ = await serial_asyncio_fast.create_serial_connection(
-                    loop,
-                    lambda: line,
-                    self._device,
-                    baudrate=self._baud,
-                    bytesize=serial.EIGHTBITS,
-                    parity=serial.PARITY_NONE,
-                    stopbits=serial.STOPBITS_ONE,
-                    exclusive=True,
-                )
+                assert self._baud is not None
+                transport = await open_serial(loop, lambda: line, self._device, self._baud)
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise LinkDown(describe_open_error(self._device, exc)) from None
         else:
