@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -75,6 +75,13 @@ class DataType:
     words: int
     fmt: str = ""  # struct code of the value; "" for text
     swapped: bool = False
+    # compiled once: decoding runs for every value of every reply
+    _words_struct: struct.Struct = field(init=False, repr=False, compare=False)
+    _value_struct: struct.Struct | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_words_struct", struct.Struct(f">{self.words}H"))
+        object.__setattr__(self, "_value_struct", struct.Struct(f">{self.fmt}") if self.fmt else None)
 
     @property
     def is_text(self) -> bool:
@@ -87,13 +94,15 @@ class DataType:
     def decode(self, regs: Sequence[int]) -> int | float | str:
         if len(regs) != self.words:
             raise ValueError(f"{self.name} needs {self.words} registers, got {len(regs)}")
-        if self.is_text:
-            raw = struct.pack(f">{self.words}H", *regs)
+        value_struct = self._value_struct
+        if value_struct is None:
+            raw = self._words_struct.pack(*regs)
             # Devices pad with NUL or spaces; keep printable ASCII only so a stray control
             # byte never ends up in a service name.
             return "".join(chr(b) for b in raw if 32 <= b < 127).strip()
-        words = list(reversed(regs)) if self.swapped else list(regs)
-        return struct.unpack(f">{self.fmt}", struct.pack(f">{self.words}H", *words))[0]
+        if self.swapped:
+            regs = regs[::-1]
+        return value_struct.unpack(self._words_struct.pack(*regs))[0]
 
     def encode(self, value: int | float | str) -> list[int]:
         if self.is_text:
@@ -199,6 +208,10 @@ class Register:
     #: published value is raw x 10**exponent / scale. Applied by the driver, which knows
     #: the other register's value; ``decode`` alone returns the unscaled number.
     scale_ref: str | None = None
+    # derived once from the fields above (a register is decoded on every reply)
+    _paths: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _to_float: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.address or self.address + self.type.words > 0x10000:
@@ -207,6 +220,10 @@ class Register:
             raise ValueError(f"{self.name}: scale 0")
         if (self.bits is not None or self.values is not None) and (self.type.is_text or self.type.is_float):
             raise ValueError(f"{self.name}: bits/values need an integer type")
+        paths = ((self.name,) if self.name.startswith("/") else ()) + self.also
+        object.__setattr__(self, "_paths", paths)
+        object.__setattr__(self, "_keys", tuple(dict.fromkeys((self.name, *paths))))
+        object.__setattr__(self, "_to_float", self.value_kind is float)
 
     # -- derived properties ------------------------------------------------------------------
     @property
@@ -221,8 +238,12 @@ class Register:
     @property
     def paths(self) -> tuple[str, ...]:
         """D-Bus paths this value is published on (empty for internal registers)."""
-        own = (self.name,) if self.name.startswith("/") else ()
-        return own + self.also
+        return self._paths
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The names the driver remembers this value under: its name and its paths."""
+        return self._keys
 
     @property
     def value_kind(self) -> type:
@@ -264,7 +285,7 @@ class Register:
             return self.values.get(int(raw))
         if self.scale != 1:
             return raw / self.scale
-        return float(raw) if self.value_kind is float else raw
+        return float(raw) if self._to_float else raw
 
     def rescale(self, value: Value, exponent: Value) -> Value:
         """A decoded value of a ``scale_ref`` register times 10**exponent (invalid when the
@@ -470,6 +491,12 @@ class Block:
     count: int
     refresh: Refresh
     registers: tuple[Register, ...]
+    # (register, first, end) offsets into the reply, computed once
+    _spans: tuple[tuple[Register, int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spans = tuple((r, r.address - self.address, r.address - self.address + r.words) for r in self.registers)
+        object.__setattr__(self, "_spans", spans)
 
     @property
     def end(self) -> int:
@@ -490,11 +517,7 @@ class Block:
     def decode(self, regs: Sequence[int]) -> dict[Register, Value]:
         if len(regs) != self.count:
             raise ValueError(f"block {self.address}+{self.count} got {len(regs)} registers")
-        out: dict[Register, Value] = {}
-        for r in self.registers:
-            off = r.address - self.address
-            out[r] = r.decode(regs[off : off + r.words])
-        return out
+        return {r: r.decode(regs[first:end]) for r, first, end in self._spans}
 
     def __str__(self) -> str:
         return f"{self.table.name.lower()} {self.address}+{self.count} ({self.refresh.name.lower()})"

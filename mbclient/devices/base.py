@@ -694,13 +694,14 @@ class Driver:
         changed: dict[str, Value] = {}
         if self._scaled_by:
             decoded = self._rescale(decoded)
+        store = self.store
         for reg, value in decoded.items():
-            for key in dict.fromkeys((reg.name, *reg.paths)):
+            for key in reg.keys:
                 if self._remember(key, value):
                     changed[key] = value
             for path in reg.paths:
-                if path in self.store:  # polled before add_items (probes): values only
-                    self.store.set(path, value)
+                if path in store:  # polled before add_items (probes): values only
+                    store.set(path, value)
         self._derive(changed)
         if changed:
             if self._variant_keys and not self._variant_keys.isdisjoint(changed):
