@@ -226,6 +226,23 @@ class Model:
         return role
 
 
+def next_slot(after: float, interval: float) -> float:
+    """The first multiple of ``interval`` on the monotonic clock strictly after ``after``.
+
+    Every block is due on such a slot (fixed rate, no drift: a late poll does not push
+    the next one later), and every driver uses the same slots: blocks of different
+    devices with the same interval - or with intervals that are multiples of one
+    another - fall due at the same instant, so the process wakes once for all of them
+    and the bus arbiter hands the line from one to the next, instead of each device
+    waking on its own timer and again when the line is handed to it. A read that ends
+    after its next slot began is followed by one read for that slot at once; slots it
+    missed before that are skipped (no catch-up burst after a stall)."""
+    if not interval > 0:
+        return after
+    slot = (math.floor(after / interval) + 1) * interval
+    return slot if slot > after else slot + interval
+
+
 class Wakeup:
     """``driver.wakeup``: an ``asyncio.Event`` (``set``/``clear``/``is_set``/``wait``) that
     can also wait until a deadline and tells a hook when it is set.
@@ -268,7 +285,10 @@ class Wakeup:
         fut = loop.create_future()
         handle = None
         if deadline != math.inf:
-            handle = loop.call_at(loop.time() + (deadline - time.monotonic()), _resolve, fut)
+            if type(loop).time is not _MONOTONIC_TIME:  # a loop with a clock of its own
+                deadline = loop.time() + (deadline - time.monotonic())
+            # exactly the deadline otherwise: devices due on the same slot share one wakeup
+            handle = loop.call_at(deadline, _resolve, fut)
         self._waiters.append(fut)
         try:
             await fut
@@ -277,6 +297,9 @@ class Wakeup:
             if handle is not None:
                 handle.cancel()
         return self._flag
+
+
+_MONOTONIC_TIME = asyncio.BaseEventLoop.time  # the standard loops' clock is time.monotonic()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -535,7 +558,7 @@ class Driver:
         self._fast_override = seconds
         if seconds is None or self._schedule is None:
             return
-        soonest = time.monotonic() + seconds
+        soonest = next_slot(time.monotonic(), self.interval(FAST))
         for sb in self._schedule:
             if sb.block.refresh == FAST and sb.next_due > soonest:
                 sb.next_due = soonest
@@ -593,8 +616,15 @@ class Driver:
                     i += 1
                     continue
                 raise
-            interval = self.interval(sb.block.refresh)
-            sb.next_due = math.inf if sb.block.refresh == ONCE else now + interval
+            if sb.block.refresh == ONCE:
+                sb.next_due = math.inf
+            else:
+                interval = self.interval(sb.block.refresh)
+                due = next_slot(now, interval)
+                end = time.monotonic()
+                if due <= end:  # fell behind: read once more for the slot in progress at
+                    due = next_slot(end, interval) - interval  # once, not for those it missed
+                sb.next_due = due
             self._apply(sb.block.decode(regs))
             self.store.flush()
             if sb.block.refresh == FAST:
