@@ -234,9 +234,8 @@ def next_slot(after: float, interval: float) -> float:
     devices with the same interval - or with intervals that are multiples of one
     another - fall due at the same instant, so the process wakes once for all of them
     and the bus arbiter hands the line from one to the next, instead of each device
-    waking on its own timer and again when the line is handed to it. A read that ends
-    after its next slot began is followed by one read for that slot at once; slots it
-    missed before that are skipped (no catch-up burst after a stall)."""
+    waking on its own timer and again when the line is handed to it (see
+    ``Driver._next_due`` for reads that fall behind)."""
     if not interval > 0:
         return after
     slot = (math.floor(after / interval) + 1) * interval
@@ -592,6 +591,7 @@ class Driver:
         (``wakeup`` set) are serviced between two reads.
         """
         schedule = self.schedule
+        started = time.monotonic()  # ``now`` may be another clock's (tests): only differences
         fast = False
         i = 0
         while i < len(schedule):
@@ -619,12 +619,8 @@ class Driver:
             if sb.block.refresh == ONCE:
                 sb.next_due = math.inf
             else:
-                interval = self.interval(sb.block.refresh)
-                due = next_slot(now, interval)
-                end = time.monotonic()
-                if due <= end:  # fell behind: read once more for the slot in progress at
-                    due = next_slot(end, interval) - interval  # once, not for those it missed
-                sb.next_due = due
+                sb.next_due = self._next_due(sb.next_due, self.interval(sb.block.refresh), now,
+                                             now + time.monotonic() - started)
             self._apply(sb.block.decode(regs))
             self.store.flush()
             if sb.block.refresh == FAST:
@@ -634,6 +630,25 @@ class Driver:
             elif interleave:
                 return
             i += 1
+
+    @staticmethod
+    def _next_due(due: float, interval: float, now: float, end: float) -> float:
+        """When a block read for the poll at ``now`` (due at ``due``, the read ending at
+        ``end``) is due next: the next slot (``next_slot``) - one interval after the slot it
+        was read for, not one interval after the read, so the rate holds without drift.
+
+        A read off the slots (the first one, a read-back after a write, a re-read after
+        the device was offline) is next due on a slot at least half an interval later,
+        not at once on the slot that happens to follow. A read that ended after its next
+        slot began is followed by one read for that slot at once; the slots it missed
+        before that are skipped (no burst of catch-up reads after a stall)."""
+        if now - due < interval:
+            nxt = next_slot(now, interval)
+        else:
+            nxt = next_slot(now + 0.5 * interval, interval)
+        if nxt <= end:
+            nxt = next_slot(end, interval) - interval
+        return nxt
 
     def _fallback(self, block: Block) -> list[Block] | None:
         """How to read ``block`` after it met exception 2: without bridging if it bridged a
@@ -658,14 +673,22 @@ class Driver:
         The read runs in the caller's task; only a wakeup during the read starts a task
         (the writer). A read costs no extra task, future or event-loop turn of its own."""
         wakeup = self.wakeup
-        if wakeup.is_set():
+        while wakeup.is_set():  # also one accepted while the previous write was on the line
             await self.service_writes(now)
         writer: asyncio.Future[None] | None = None
+
+        async def serve() -> None:
+            # a write accepted while the writer was busy (a limit asked for during the
+            # read-back of the previous one) goes too, not after this read
+            while True:
+                await self.service_writes(now)
+                if not wakeup.is_set():
+                    return
 
         def start_writer() -> None:
             nonlocal writer
             if writer is None:
-                writer = asyncio.ensure_future(self.service_writes(now))
+                writer = asyncio.ensure_future(serve())
 
         wakeup.on_set = start_writer
         try:
