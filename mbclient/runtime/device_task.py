@@ -663,7 +663,10 @@ class DeviceTask:
         if driver.due(now):
             refreshes = driver.fast_refreshes
             await driver.poll(now, interleave=True)
-            self._ok(now)
+            # when it last answered, not when the cycle began: a read that waited for its
+            # turn behind others (devices due on the same slot) is that much younger, and a
+            # controller counts its input's age from here (``PollDemand.read_age``)
+            self._ok(time.monotonic())
             if driver.fast_refreshes != refreshes:  # slow blocks have cycles of their own
                 self.health.refresh.mark(now)
 
