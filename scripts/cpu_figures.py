@@ -5,6 +5,12 @@ Not part of mbclient: imported by the scripts next to it.
 CPU is read as the kernel accounts it (``/proc/<pid>/stat`` utime + stime, or a thread's
 ``/proc/self/task/<tid>/stat``), not as wall time: the figures hold on a machine that is
 busy with other work, where a timed measurement would not. Linux only, like the product.
+
+Wakeups are the event loop thread's voluntary context switches (``voluntary_ctxt_switches``
+in ``/proc/<pid>/status``, the process's main thread, or ``/proc/self/task/<tid>/status``):
+each is one sleep in ``epoll_wait`` (or another blocking call) ended by a reply, a timer or
+a message. A count does not drift with the machine's load as CPU seconds do, and most of
+mbclient's CPU is the cost of these wakeups (see docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ def cpu_seconds(pid: int | None = None, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
 
 
+def wakeups(pid: int | None = None, tid: int | None = None) -> int:
+    """Voluntary context switches of process ``pid``'s main thread (default: this process)
+    or of thread ``tid`` of this process: the times it slept and was woken."""
+    path = f"/proc/self/task/{tid}/status" if tid is not None else f"/proc/{pid or 'self'}/status"
+    with open(path) as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_mb(pid: int | None = None) -> float:
     """Resident set size in MB (VmRSS)."""
     with open(f"/proc/{pid or 'self'}/status") as f:
@@ -44,42 +61,48 @@ def rss_mb(pid: int | None = None) -> float:
 
 @dataclass
 class Phase:
-    """CPU, wall time and transactions accumulated over the intervals of one phase."""
+    """CPU, wall time, wakeups and transactions accumulated over the intervals of one phase."""
 
     name: str
     cpu: float = 0.0
     wall: float = 0.0
     transactions: int = 0
+    wakeups: int | None = None  # voluntary context switches (None: not counted)
 
     def line(self) -> str:
         if self.wall <= 0:
             return f"CPU {self.name:9s}  (no time in this phase)"
         per_min = self.cpu / self.wall * 60.0
         per_k = self.cpu / self.transactions * 1000.0 if self.transactions else float("nan")
-        return (f"CPU {self.name:9s}  {per_min:6.2f} CPU-s/min ({self.cpu / self.wall * 100:5.1f} % of a core), "
+        text = (f"CPU {self.name:9s}  {per_min:6.2f} CPU-s/min ({self.cpu / self.wall * 100:5.1f} % of a core), "
                 f"{per_k:5.2f} CPU-s per 1000 transactions, {self.transactions / self.wall:6.1f} transactions/s "
                 f"over {self.wall:.0f} s")
+        if self.wakeups is not None:
+            per_txn = self.wakeups / self.transactions if self.transactions else float("nan")
+            text += f"; {self.wakeups / self.wall:5.1f} wakeups/s, {per_txn:4.2f} per transaction"
+        return text
 
 
 @dataclass
 class CpuMeter:
-    """Samples a process's (or thread's) CPU and a transaction counter; each interval
-    between two ``sample`` calls is booked to the phase named at the second call."""
+    """Samples a process's (or thread's) CPU, its wakeups and a transaction counter; each
+    interval between two ``sample`` calls is booked to the phase named at the second call."""
 
     pid: int | None = None
     tid: int | None = None
     phases: dict[str, Phase] = field(default_factory=dict)
-    _last: tuple[float, float, int] | None = None
+    _last: tuple[float, float, int, int] | None = None
 
     def sample(self, transactions: int, phase: str | None) -> None:
-        now, cpu = time.monotonic(), cpu_seconds(self.pid, self.tid)
+        now, cpu, woken = time.monotonic(), cpu_seconds(self.pid, self.tid), wakeups(self.pid, self.tid)
         if self._last is not None and phase is not None:
-            t0, c0, n0 = self._last
-            p = self.phases.setdefault(phase, Phase(phase))
+            t0, c0, n0, w0 = self._last
+            p = self.phases.setdefault(phase, Phase(phase, wakeups=0))
             p.wall += now - t0
             p.cpu += cpu - c0
             p.transactions += transactions - n0
-        self._last = (now, cpu, transactions)
+            p.wakeups = (p.wakeups or 0) + woken - w0
+        self._last = (now, cpu, transactions, woken)
 
     def lines(self) -> list[str]:
         return [p.line() for p in self.phases.values()]
