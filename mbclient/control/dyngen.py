@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -102,8 +103,8 @@ class Options:
     """Per-process tunables (not user settings). Any ``LadderSettings`` field or setting name
     may also be given to change its default."""
 
-    tick: float = 0.1  # how often silence and ESS activity are re-checked
-    publish_interval: float = 1.0  # applied watts / writes per hour refreshed at least this often
+    tick: float = 0.1  # the grid deadlines are rounded to (and the look-again period while in motion)
+    publish_interval: float = 1.0  # accepted for old configurations; the limiter's state is published on change
     call_timeout: float = 1.0  # D-Bus calls of the input tracker
     defaults: dict[str, Any] | None = None
 
@@ -154,6 +155,7 @@ class DynamicGeneration:
             stale_after=float(self.values[SETTINGS + "staleTimeout"]),
             call_timeout=self.options.call_timeout, tick=self.options.tick, changed=self.wake,
         )
+        self._idle = False  # the settings leave nothing to control (Not Configured, G100)
         self.last: L.Step | None = None
         #: (monotonic time, watts or None) of the latest limiter requests, for diagnostics
         self.request_log: deque[tuple[float, float | None]] = deque(maxlen=1000)
@@ -224,6 +226,8 @@ class DynamicGeneration:
             except (TypeError, ValueError):
                 log.warning("ignoring setting %s=%r", s.path, raw)
         self.ladder.settings = replace(self.ladder.settings, **changes)
+        cfg = self.ladder.settings
+        self._idle = not cfg.energy_difference or not cfg.derate  # the ladder's first two rungs
         t = self.tracker
         try:
             t.set_stale_after(max(0.2, float(self.values[SETTINGS + "staleTimeout"])))
@@ -243,6 +247,7 @@ class DynamicGeneration:
         self._following = None  # announce the followed meter afresh on every run
         await self._register_settings()
         _raise_if_cancelling()
+        self.tracker.active = not self._idle  # idle: no service is followed until configured
         self._unsubscribe = self.store.subscribe(self._on_store_flush)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -260,43 +265,63 @@ class DynamicGeneration:
                 self._unwatch()
 
     def _on_store_flush(self, batch: dict[str, Item]) -> None:
-        if "/Ac/Power" in batch or "/Ac/MaxPower" in batch or "/Ac/PowerLimit" in batch:
+        """The inverter's values changed: the ladder's inputs among them wake the loop
+        unless the controller is idle, as does a change of the limiter's published state."""
+        if not self._idle and ("/Ac/Power" in batch or "/Ac/MaxPower" in batch or "/Ac/PowerLimit" in batch):
+            self.wake.set()
+        elif self._limiter_state() != (self.store.get(POWER_MAX), self.store.get(WRITES)):
             self.wake.set()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        next_publish = 0.0
         while True:
             _raise_if_cancelling()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(self._next_look(loop.time(), next_publish)):  # not wait_for (see inputs.run)
-                    await self.wake.wait()
+            due = self._next_look(loop.time())
+            if due is None:
+                await self.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(due):  # not wait_for (see inputs.run)
+                        await self.wake.wait()
             woken = self.wake.is_set()
             self.wake.clear()
-            ess = bool(self.limiter.ess_active)
-            # a rise waiting for its confirmation is looked at every tick: a steady import
-            # sends no signals, and the average must not wait for the next one
-            if (woken or ess != self._ess or self.last is None or (self._held and not self._grid_quiet())
-                    or self.ladder.shaper.rising
-                    or self._own_silent != (self._own_meter_fault(self.tracker.view("grid")) is not None)):
+            if self.tracker.active == self._idle:  # configured or idle from now on
+                await self.tracker.set_active(not self._idle)
+                _raise_if_cancelling()
+                woken = True
+            if self._idle:
+                # the ladder releases whatever the inputs say: only a change is looked at
+                look = woken or self.last is None
+            else:
+                ess = bool(self.limiter.ess_active)
+                # a rise waiting for its confirmation is looked at every tick: a steady import
+                # sends no signals, and the average must not wait for the next one
+                look = (woken or ess != self._ess or self.last is None
+                        or (self._held and not self._grid_quiet()) or self.ladder.shaper.rising
+                        or self._own_silent != (self._own_meter_fault(self.tracker.view("grid")) is not None))
+            if look:
                 self.evaluate()
-            now = loop.time()
-            if now >= next_publish:
-                next_publish = now + self.options.publish_interval
+            else:
                 self._publish_limiter_state()
                 self.store.flush()
 
-    def _next_look(self, now: float, next_publish: float) -> float:
+    def _next_look(self, now: float) -> float | None:
         """When to look again without being woken (loop time, on the tick grid shared with
-        the input tracker): the next tick while something is in motion (no evaluation
-        yet, a rise waiting for its confirmation - a steady import sends no signals -, a
-        hold on a quiet grid, our own meter silent), else the first deadline: the limiter
-        state's publication, our own meter turning silent (its last read + the stale
-        timeout), ESS's last write expiring. Changes of inputs wake the loop (``wake``)."""
+        the input tracker; ``None``: only when woken). Idle (Not Configured, G100): the
+        writes per hour counting down, nothing else. Else the next tick while something is
+        in motion (no evaluation yet, a rise waiting for its confirmation - a steady import
+        sends no signals -, a hold on a quiet grid, our own meter silent), or the first
+        deadline: our own meter turning silent (its last read + the stale timeout), ESS's
+        last write expiring, the writes per hour counting down. Changes of inputs, of the
+        settings and of the limiter's published state wake the loop (``wake``)."""
         tick = self.options.tick
+        expire = getattr(self.limiter, "writes_expire_in", None)
+        left = expire() if expire is not None else None
+        due = math.inf if left is None else now + left + 0.001
+        if self._idle:
+            return None if due == math.inf and self.last is not None else next_tick(min(due, now), tick)
         if self.last is None or self.ladder.shaper.rising or self._held or self._own_silent:
             return next_tick(now, tick)
-        due = next_publish
         if self.read_age is not None:
             age = self.read_age(self._views[0].service if self._views else None)
             if age is not None:
@@ -304,7 +329,7 @@ class DynamicGeneration:
         ess_left = getattr(self.limiter, "ess_remaining", None)
         if ess_left is not None:
             due = min(due, now + ess_left)
-        return next_tick(max(due, now), tick)
+        return None if due == math.inf else next_tick(max(due, now), tick)
 
     # -- one evaluation --------------------------------------------------------------------------
     def snapshot(self) -> L.Snapshot:
@@ -418,11 +443,16 @@ class DynamicGeneration:
             if self.on_follow is not None:
                 self.on_follow(service)
 
-    def _publish_limiter_state(self) -> None:
+    def _limiter_state(self) -> tuple[float | None, float | None]:
+        """(W applied, writes per hour) as published."""
         applied = _num(getattr(self.limiter, "applied_watts", None))
-        self.store.set(POWER_MAX, None if applied is None else round(applied, 1))
         wph = _num(getattr(self.limiter, "writes_per_hour", None))
-        self.store.set(WRITES, None if wph is None else round(wph, 1))
+        return (None if applied is None else round(applied, 1), None if wph is None else round(wph, 1))
+
+    def _publish_limiter_state(self) -> None:
+        applied, wph = self._limiter_state()
+        self.store.set(POWER_MAX, applied)
+        self.store.set(WRITES, wph)
 
     def _inputs_text(self) -> str:
         parts = []

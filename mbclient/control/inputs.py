@@ -27,6 +27,11 @@ Staleness rule (signals carry changes only; an unchanged value sends nothing):
 * the tracker wakes only when something can change: a message, or the next deadline of a
   followed service (half the stale timeout after it was last heard: the probe; the stale
   timeout: the silence), on the shared tick grid (``next_tick``) - never on a fixed tick;
+* while the controller has nothing to control (``active`` false: Not Configured, G100)
+  no service is followed at all - no match rule, no probe, no deadline -, only the choice
+  is kept up to date (``NameOwnerChanged``); its roles show the fault ``idle``. Made
+  active again, every role is followed afresh (``GetItems``) before ``set_active`` returns,
+  so the first evaluation sees current values and ages, as at start;
 * a role is *faulty* when its service vanished (``gone``, noticed in the message handler,
   no waiting), its ``/Connected`` is not 1 (``disconnected``; our own meters publish 0 and
   invalidate their values when asleep), its key value is invalid (``invalid``), it neither
@@ -109,7 +114,7 @@ class RoleView:
     service: str | None
     values: dict[str, Any]
     age: float | None  # seconds since the service last showed life (None: never)
-    fault: str | None  # None = fresh, else 'none', 'waiting', 'gone', 'disconnected', 'silent', 'invalid'
+    fault: str | None  # None = fresh, else 'none', 'waiting', 'gone', 'disconnected', 'silent', 'invalid', 'idle'
 
     def get(self, path: str) -> Any:
         """The value if the role is fresh, else None (stale values are never used)."""
@@ -187,6 +192,8 @@ class InputTracker:
         #: The item store behind a service name if that service is published by this
         #: process (``None``: not ours, follow it over D-Bus). Set by the runtime.
         self.local_store: Callable[[str], Any] | None = None
+        #: False: follow nothing (see the module docstring); set before ``run`` or by ``set_active``
+        self.active = True
 
     # -- public --------------------------------------------------------------------------------
     async def ready(self) -> None:
@@ -196,6 +203,9 @@ class InputTracker:
         now = self.clock() if now is None else now
         f = self._followed[role]
         if f is None:
+            if not self.active:
+                choice = self._choose(role)
+                return RoleView(choice, {}, None, "none" if choice is None else "idle")
             return RoleView(None, {}, None, "none")
         age = None if f.heard is None else max(0.0, now - f.heard)
         return RoleView(f.name, dict(f.values), age, self._fault(f, age))
@@ -207,6 +217,26 @@ class InputTracker:
             self._preferred[role] = service
             if self._bus is not None:
                 self._spawn(self._reselect(role))
+
+    async def set_active(self, active: bool) -> None:
+        """Follow the chosen services (``True``: returns once each is followed, its values
+        read) or nothing at all (``False``)."""
+        if active == self.active:
+            return
+        self.active = active
+        if self._bus is None:  # not running yet: ``run`` follows (or not) from the start
+            return
+        if active:
+            await asyncio.gather(*(self._reselect(r) for r in self.roles))
+        else:
+            for role in self.roles:
+                async with self._locks[role]:
+                    f = self._followed[role]
+                    self._followed[role] = None
+                    if f is not None:
+                        await self._unfollow(f)
+        self.changed.set()
+        self._rearm()
 
     def set_stale_after(self, seconds: float) -> None:
         self.stale_after = seconds
@@ -415,6 +445,9 @@ class InputTracker:
 
     async def _reselect(self, role: str, renewed: str | None = None) -> None:
         async with self._locks[role]:
+            if not self.active:
+                self.changed.set()  # the idle view names the choice
+                return
             choice = self._choose(role)
             current = self._followed[role]
             if current is not None and current.name == choice and not current.gone and renewed != choice:

@@ -247,6 +247,13 @@ class PowerLimiter:
         self._trim(self.clock())
         return len(self._writes)
 
+    def writes_expire_in(self) -> float | None:
+        """Seconds until ``writes_per_hour`` drops by itself (the oldest counted write
+        leaves the hour); ``None``: no write counted."""
+        now = self.clock()
+        self._trim(now)
+        return None if not self._writes else max(0.0, self._writes[0] + 3600.0 - now)
+
     def _trim(self, now: float) -> None:
         while self._writes and now - self._writes[0] > 3600.0:
             self._writes.popleft()
