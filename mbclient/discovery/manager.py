@@ -17,7 +17,9 @@ is reached (before any device is probed, as the stock client registers its servi
   and the start-up scan found nothing, the process exits with status 1 so the next
   driver gets the port;
 * ``/Settings/Devices/<ident>/Enabled`` is 1 for every configured device once it is
-  published (the stock rule: forced to 1 for saved devices);
+  published (the stock rule: forced to 1 for saved devices): looked at when a device's
+  service goes on the bus (``RuntimeContext.on_published``), when the list of mDNS
+  devices changes, and again a second later only while a settings call failed;
 * mDNS (network instance): ``mdns.MdnsDevices`` keeps the discovered devices.
 """
 
@@ -80,6 +82,7 @@ class Discovery:
         self._enabled_done: set[str] = set()
         self._last_progress = 0.0
         self._unwatch: list[Any] = []
+        self._enable_due = anyio.Event()  # a device was published: its Enabled setting to be set
 
     # ------------------------------------------------------------------------------------ run
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -103,6 +106,9 @@ class Discovery:
             await anyio.sleep_forever()
         self._unwatch.append(self.settings.watch(self.autoscan_path, self._autoscan_changed))
         self._unwatch.append(self.settings.watch(self.devices_path, self._devices_changed))
+        hooks = self.sup.ctx.on_published if self.sup.ctx is not None else []
+        hooks.append(self._published)
+        self._unwatch.append(lambda: hooks.remove(self._published))
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -110,7 +116,7 @@ class Discovery:
                 if not self.serial and self.cfg.mdns:
                     self._start_mdns(tg)
                 task_status.started(self)
-                tg.start_soon(self._tick_loop)
+                tg.start_soon(self._enable_loop)
                 await self._autoscan_loop()
                 await anyio.sleep_forever()
         finally:
@@ -147,6 +153,7 @@ class Discovery:
         by then the supervisor's own watcher has started and stopped the devices."""
         if value is None or self._tg is None:
             return
+        self._enable_due.set()
         text, _specs, _problems = devlist.canonical(value)
         if text != value:
             self._tg.start_soon(self._rewrite)
@@ -318,13 +325,27 @@ class Discovery:
                 await self.scan(full=False)
 
     # --------------------------------------------------------------------- per-device Enabled
-    async def _tick_loop(self) -> None:
-        while True:
-            await self._enable_configured()
-            await anyio.sleep(1.0)
+    def _published(self, _task: Any) -> None:
+        self._enable_due.set()
 
-    async def _enable_configured(self) -> None:
-        """``/Settings/Devices/<ident>/Enabled`` = 1 for configured, published devices."""
+    def enable_due(self) -> None:
+        """Look at the Enabled settings again (the mDNS device list changed)."""
+        self._enable_due.set()
+
+    async def _enable_loop(self) -> None:
+        """Sets the Enabled settings whenever a device was published; sleeps otherwise
+        (a settings call that failed is retried a second later)."""
+        while True:
+            self._enable_due = anyio.Event()
+            if not await self._enable_configured():
+                await anyio.sleep(1.0)
+                continue
+            await self._enable_due.wait()
+
+    async def _enable_configured(self) -> bool:
+        """``/Settings/Devices/<ident>/Enabled`` = 1 for configured, published devices.
+        False if a settings call failed (to be tried again)."""
+        done = True
         mdns_specs = set(self.sup.sources.get("mdns", ())) if hasattr(self.sup, "sources") else set()
         for r in list(self.sup.running.values()):
             task = r.task
@@ -337,10 +358,12 @@ class Discovery:
                 value = (await self.settings.add([Setting(path, 1, 0, 1)])).get(path)
                 if value != 1:
                     await self.settings.set(path, 1)
-            except Exception as exc:  # noqa: BLE001 - retried next tick
+            except Exception as exc:  # noqa: BLE001 - retried a second later
                 log.debug("%s: %s", path, exc)
+                done = False
                 continue
             self._enabled_done.add(task.ident)
+        return done
 
     def _enable_requested(self, ident: str, enabled: bool) -> None:
         if self.mdns is not None:

@@ -238,3 +238,4 @@ class MdnsDevices:
 
     def _apply(self) -> None:
         self.discovery.sup.set_source("mdns", self.specs())
+        self.discovery.enable_due()  # which devices are mDNS ones (left alone) changed

@@ -118,6 +118,9 @@ class RuntimeContext:
     options_factory: Callable[[DeviceSpec], devices.DeviceOptions] | None = None
     demand: PollDemand = field(default_factory=PollDemand)
     claims: dict[str, DeviceSpec] = field(default_factory=dict)  # device ident -> spec publishing it
+    #: called with the task each time a device's service goes on the bus (discovery's
+    #: per-device Enabled setting): a change to react to, not a state to poll for
+    on_published: list[Callable[[DeviceTask], None]] = field(default_factory=list)
 
     def claim(self, ident: str, spec: DeviceSpec) -> DeviceSpec | None:
         """Reserve ``ident`` for ``spec``; the spec that holds it already, if another."""
@@ -414,6 +417,8 @@ class DeviceTask:
         if self.dyngen is not None:
             self._undo.append(self._start_controller(self.dyngen))
         self.published.set()
+        for hook in list(self.ctx.on_published):
+            hook(self)
 
     def _start_controller(self, controller: DynamicGeneration) -> Callable[[], None]:
         """Run the controller beside the poll loop, for as long as the service is published.
