@@ -80,6 +80,47 @@ async def test_stall_watchdog_quiet_while_the_loop_runs() -> None:
     assert stalls == []
 
 
+def _wakeups_of_this_thread() -> int:
+    """Voluntary context switches of the calling thread: the times it slept and was woken."""
+    import threading
+
+    with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+
+
+@pytest.mark.anyio
+async def test_stall_watchdog_does_not_wake_an_idle_loop() -> None:
+    """A quiet process is not woken for a heartbeat: the old one stamped the time every
+    tenth of the timeout (here 30 wakeups in 1.5 s)."""
+    stalls: list[float] = []
+    dog = LoopStallWatchdog(0.5, on_stall=lambda s, loop: stalls.append(s))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dog.run)
+        await anyio.sleep(0.2)  # the watchdog's thread runs
+        before = _wakeups_of_this_thread()
+        await anyio.sleep(1.5)  # one wakeup: this sleep's end
+        woken = _wakeups_of_this_thread() - before
+        tg.cancel_scope.cancel()
+    assert stalls == []
+    assert woken <= 4, f"the idle loop was woken {woken} times in 1.5 s"
+
+
+@pytest.mark.anyio
+async def test_stall_watchdog_quiet_while_the_loop_is_busy_without_pause() -> None:
+    """A loop that never waits in its selector (one short callback after another) is
+    busy, not stalled."""
+    stalls: list[float] = []
+    dog = LoopStallWatchdog(0.5, on_stall=lambda s, loop: stalls.append(s))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dog.run)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            time.sleep(0.01)  # a callback's work
+            await anyio.sleep(0)  # back to the loop, which has always something ready
+        tg.cancel_scope.cancel()
+    assert stalls == []
+
+
 def test_stall_watchdog_dumps_stacks_and_exits_nonzero() -> None:
     child = textwrap.dedent("""
         import time, anyio

@@ -5,9 +5,10 @@ Both exist because mbclient runs unattended under runit on a GX device: the best
 
 * Loop stall: every device shares one event loop, so a blocking call anywhere (a stuck
   syscall, a runaway computation) silently freezes every device and its D-Bus service.
-  A stalled loop cannot watch itself, hence the one thread in mbclient: it only reads a
-  heartbeat timestamp and, when that is too old, dumps every asyncio task's stack and
-  every thread's stack (faulthandler) and exits non-zero.
+  A stalled loop cannot watch itself, hence the one thread in mbclient: it looks at the
+  loop's thread now and then and, when that has not been back in its selector for too
+  long, dumps every asyncio task's stack and every thread's stack (faulthandler) and
+  exits non-zero. An idle loop is not woken for this (see ``LoopStallWatchdog``).
 * RSS ceiling: the fork replaced here leaked memory while a device slept. mbclient is
   designed not to, but the ceiling turns any future leak into a clean restart instead of
   an OOM kill of some other process, and the periodic growth line makes a leak visible.
@@ -19,6 +20,7 @@ import asyncio
 import faulthandler
 import logging
 import os
+import selectors
 import sys
 import threading
 import time
@@ -87,9 +89,16 @@ def _die_of_stall(stalled_for: float, loop: asyncio.AbstractEventLoop | None) ->
 class LoopStallWatchdog:
     """Exit (via ``on_stall``) when the event loop has not run for ``timeout`` seconds.
 
-    ``run()`` is the heartbeat task: it stamps the time every ``timeout / 10`` seconds
-    (at most once a second). The monitor thread is started by ``run()`` and stopped when
-    ``run()`` ends, so the watchdog lives exactly as long as its task.
+    The monitor thread looks at the loop's thread every ``period`` (``timeout / 10``, at
+    most 1 s). Found waiting in its selector, the loop is idle, not stalled: the time is
+    stamped without touching the loop. Found elsewhere (running callbacks), and not
+    stamped for a period, the loop is asked to stamp the time itself
+    (``call_soon_threadsafe``): a busy loop does so within its turn, a stalled one never.
+    So a quiet process is not woken once a second for a heartbeat; a loop that is stuck
+    in one callback is still found within ``timeout`` + ``period``.
+
+    ``run()`` starts the monitor thread and stops it when it ends, so the watchdog lives
+    exactly as long as its task.
     """
 
     def __init__(
@@ -102,32 +111,56 @@ class LoopStallWatchdog:
         self.timeout = timeout
         self.on_stall = on_stall
         self._beat = time.monotonic()
+        self._asked = False  # a stamp is scheduled on the loop and has not run yet
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     @property
     def period(self) -> float:
         return min(1.0, self.timeout / 10)
 
+    def _stamp(self) -> None:
+        self._beat = time.monotonic()
+        self._asked = False
+
+    def _idle(self) -> bool:
+        """The loop's thread waits in its selector (the innermost Python frame is a
+        selector's ``select``: the system call below it is not a frame)."""
+        frame = sys._current_frames().get(self._loop_thread) if self._loop_thread is not None else None
+        return frame is not None and frame.f_code.co_name == "select" and frame.f_code.co_filename == _SELECTORS
+
     def _monitor(self) -> None:
         while not self._stop.wait(self.period):
-            stalled = time.monotonic() - self._beat
+            now = time.monotonic()
+            if self._idle():
+                self._beat = now
+                continue
+            stalled = now - self._beat
             if stalled >= self.timeout:
                 self.on_stall(stalled, self._loop)
                 return
+            if stalled >= self.period and not self._asked and self._loop is not None:
+                self._asked = True
+                try:
+                    self._loop.call_soon_threadsafe(self._stamp)
+                except RuntimeError:  # the loop is closed: nothing left to watch
+                    return
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._beat = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._stamp()
         self._stop.clear()
         thread = threading.Thread(target=self._monitor, name="mbclient-stall-watchdog", daemon=True)
         thread.start()
         try:
-            while True:
-                self._beat = time.monotonic()
-                await anyio.sleep(self.period)
+            await anyio.sleep_forever()
         finally:
             self._stop.set()
+
+
+_SELECTORS = selectors.__file__
 
 
 class RssCeilingExceeded(Exception):
