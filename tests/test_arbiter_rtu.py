@@ -227,3 +227,32 @@ async def test_cancelled_caller_leaves_the_bus_clean(line) -> None:
     check_reply(3, 0, values, 4)
     assert bus.collisions == 0
     assert len(requests_to(bus, 2)) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_caller_due_before_the_line_is_free_is_woken_as_the_request_goes_out(line) -> None:
+    """A device task asleep until its next poll tells the link when that is (``expect``).
+    If the request going out now holds the line past that moment, the link wakes it at
+    once: it queues and is handed the line when it frees - when it would have had it
+    anyway - instead of waking on its own timer mid-transaction and again at the
+    hand-over. A sleeper due after the line is free again is left to sleep."""
+    _bus, _port, link = line
+    client = UnitClient(link, 1)
+    await client.read_holding(0, 20, timeout=0.5)  # the unit's latency is known now
+    woken: dict[str, float] = {}
+    sent = time.monotonic()
+    # 19200 Bd: request 4 ms on the wire, 5 ms turnaround, 45-byte reply 23 ms
+    link.expect("inside", sent + 0.010, lambda: woken.setdefault("inside", time.monotonic()))
+    link.expect("after", sent + 0.5, lambda: woken.setdefault("after", time.monotonic()))
+    read = asyncio.ensure_future(client.read_holding(0, 20, timeout=0.5))
+    replied: list[float] = []
+    read.add_done_callback(lambda _: replied.append(time.monotonic()))
+    check_reply(1, 0, await read, 20)
+    # woken before it was due, while the transaction was still on the line
+    assert "inside" in woken and woken["inside"] < sent + 0.010
+    assert woken["inside"] < replied[0] - 0.015
+    assert "after" not in woken  # due after the line is free: its own timer wakes it
+    link.expect("after", sent + 0.5, lambda: woken.setdefault("again", time.monotonic()))  # replaces
+    link.unexpect("after")
+    await client.read_holding(0, 20, timeout=0.5)
+    assert set(woken) == {"inside"}

@@ -273,6 +273,13 @@ class Wakeup:
     def clear(self) -> None:
         self._flag = False
 
+    def poke(self) -> None:
+        """End the current waits now without setting the flag (``wait_until`` returns
+        False, as at its deadline)."""
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
     async def wait(self) -> bool:
         return await self.wait_until(math.inf)
 
@@ -568,8 +575,11 @@ class Driver:
 
     def next_deadline(self, now: float) -> float:
         """Earliest time ``poll`` or ``service_writes`` needs to run (inf: nothing planned)."""
-        polls = [s.next_due for s in self.schedule if not s.disabled]
-        return min(polls + [self.writes_deadline(now)], default=math.inf)
+        return min(self.poll_deadline(), self.writes_deadline(now))
+
+    def poll_deadline(self) -> float:
+        """When the next block falls due (inf: none)."""
+        return min([s.next_due for s in self.schedule if not s.disabled], default=math.inf)
 
     def writes_deadline(self, now: float) -> float:
         """When ``service_writes`` must run next even without a wakeup (subclasses)."""

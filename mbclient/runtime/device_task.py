@@ -176,6 +176,7 @@ class DeviceTask:
         self.dyngen: DynamicGeneration | None = None
         self._detach_demand: Callable[[], None] | None = None
         self._spin_warned = False
+        self._poll_at = 0.0  # the poll deadline the link woke us early for (``_wait``)
 
     @property
     def service_name(self) -> str:
@@ -659,15 +660,35 @@ class DeviceTask:
         if self.state is not DeviceState.ONLINE:
             await anyio.sleep(delay)  # writes wait for the device to answer again
             return
-        await wakeup.wait_until(until)  # one timer, no cancel scope: this runs on every idle wait
+        expect = getattr(self.link, "expect", None)
+        poll_due = self.driver.poll_deadline()
+        if expect is None or poll_due > until:
+            await wakeup.wait_until(until)  # one timer, no cancel scope: this runs on every idle wait
+            return
+        # The link may wake us a little before the poll is due: when the line is taken
+        # until then anyway, the poll queues at once instead of waking on its own timer
+        # while another unit's transaction is on the line, and again when it is handed
+        # the line. The cycle then polls as at ``poll_due`` (``_poll_at``).
+        def early() -> None:
+            self._poll_at = poll_due
+            wakeup.poke()
+
+        expect(self, poll_due, early)
+        try:
+            await wakeup.wait_until(until)
+        finally:
+            self.link.unexpect(self)
 
     async def _poll_once(self, now: float) -> None:
-        """An ONLINE cycle: pending writes first (priority lane), then what is due."""
+        """An ONLINE cycle: pending writes first (priority lane), then what is due (by the
+        time the link woke us for, if that is a little later)."""
         driver = self.driver
         await driver.service_writes(now)
-        if driver.due(now):
+        at = max(now, self._poll_at)
+        self._poll_at = 0.0
+        if driver.due(at):
             refreshes = driver.fast_refreshes
-            await driver.poll(now, interleave=True)
+            await driver.poll(at, interleave=True)
             # when it last answered, not when the cycle began: a read that waited for its
             # turn behind others (devices due on the same slot) is that much younger, and a
             # controller counts its input's age from here (``PollDemand.read_age``)

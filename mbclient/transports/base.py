@@ -8,6 +8,7 @@ arbitration (one frame on an RS-485 line at a time), late-byte hygiene and stati
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -73,6 +74,28 @@ class LinkBase:
     def __init__(self) -> None:
         self._stats: dict[int, UnitStats] = {}
         self._closed = False
+        self._expected: dict[object, tuple[float, Callable[[], object]]] = {}
+
+    def expect(self, key: object, when: float, wake: Callable[[], object]) -> None:
+        """``key`` sleeps until ``when`` (``time.monotonic()``) and then wants the line:
+        ``wake()`` may be called earlier, when the line is taken until ``when`` anyway
+        (``_wake_expected``). A new call for ``key`` replaces its earlier one."""
+        self._expected[key] = (when, wake)
+
+    def unexpect(self, key: object) -> None:
+        self._expected.pop(key, None)
+
+    def _wake_expected(self, until: float) -> None:
+        """Wake the sleepers due by ``until`` (``time.monotonic()``), the earliest moment
+        the line is free again: each then queues for its turn now and is handed the line
+        when it frees - exactly when it would have had it had it slept on - instead of
+        waking on its own timer while the line is busy and once more at the hand-over.
+        Every wakeup of the process costs CPU (far more than the work done in it)."""
+        expected = self._expected
+        due = [key for key, (when, _) in expected.items() if when <= until]
+        for key in due:
+            _, wake = expected.pop(key)
+            wake()
 
     def stats(self, unit: int) -> UnitStats:
         stats = self._stats.get(unit)

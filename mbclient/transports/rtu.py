@@ -77,6 +77,7 @@ import errno
 import logging
 import math
 import os
+import time
 
 import serial
 
@@ -226,6 +227,8 @@ class RtuLink(LinkBase):
                     line = await self._ready_line()
                     await self._quiet(line)
                 self._send(line, unit, request, timeout)
+                if self._expected:
+                    self._wake_before_free(line, state.stats.latency)
                 try:
                     registers = await self._reply(line)
                 except _StaleConnection as exc:
@@ -342,10 +345,21 @@ class RtuLink(LinkBase):
         Returns False if the turn must be released now (nobody waiting, gap already over)."""
         loop = line.loop
         ready = max(line.last_rx, self._tx_end) + self._gap
+        if self._expected:  # due within the gap: queue now, not wake alone during it
+            self._wake_expected(time.monotonic() + (ready - loop.time()))
         if ready <= loop.time() or not self._turns.waiting():
             return False
         loop.call_at(ready, self._turns.release)
         return True
+
+    def _wake_before_free(self, line: StreamLine, latency: float | None) -> None:
+        """The request just sent holds the line until its reply is in (estimated from
+        the unit's filtered latency) and the gap after it: a device task whose poll falls
+        due before then queues now (``LinkBase._wake_expected``), one wakeup instead of
+        two; it still goes in its turn (priority lane first)."""
+        loop = line.loop
+        free = self._txn_tx_end + (latency or 0.0) + self._gap
+        self._wake_expected(time.monotonic() + (free - loop.time()))
 
     async def _quiet(self, line: StreamLine) -> None:
         """Wait for ``frame_gap`` of silence (policy 2)."""
