@@ -233,6 +233,43 @@ async def test_a_quiet_input_is_looked_at_on_its_deadlines_not_on_every_tick(dbu
 
 
 @pytest.mark.asyncio
+async def test_a_service_that_signals_never_wakes_the_tracker_for_its_probe(dbus_address):
+    """Each signal moves the service's probe (last heard + half the stale timeout) later,
+    and the tracker's timer with it: while the meter signals five times a second the
+    tracker sleeps through, no probe goes out - and its silence is still noticed on time."""
+    grid = await Publisher.start(dbus_address, "com.victronenergy.grid.signalling", GRID_VALUES)
+    tracker, task = await tracker_for(dbus_address, stale_after=1.0)
+    passes = 0
+    look = tracker._probe_quiet
+
+    def counted() -> None:
+        nonlocal passes
+        passes += 1
+        look()
+
+    try:
+        await asyncio.sleep(0.3)
+        tracker._probe_quiet = counted  # called once per pass of the tracker's loop
+        probes = grid.calls["GetValue"]
+        for i in range(15):  # 3 s, a changed value every 0.2 s
+            grid.update({"/Ac/Power": 250.0 + i})
+            await asyncio.sleep(0.2)
+        assert tracker.view("grid").fault is None
+        assert grid.calls["GetValue"] == probes, "a service that signals was probed"
+        # the old timer woke at every half stale timeout (0.5 s) since the previous pass
+        assert passes <= 2, f"{passes} passes of the tracker's loop in 3 s of signals"
+        tracker.changed.clear()
+        heard = time.monotonic() - tracker.view("grid").age
+        grid.freeze()  # neither signals nor answers now
+        await asyncio.wait_for(tracker.changed.wait(), 3)
+        assert tracker.view("grid").fault == "silent"
+        assert time.monotonic() - heard < 1.0 + 0.5  # the stale timeout, on the next tick
+    finally:
+        await stop(task)
+        await grid.close()
+
+
+@pytest.mark.asyncio
 async def test_a_meter_of_this_process_is_read_in_process(dbus_address):
     """Our own meter's readings reach the controller's inputs as its store flushes them, not
     after a trip through the bus daemon; its liveness and disappearance are judged as for

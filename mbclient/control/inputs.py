@@ -26,7 +26,9 @@ Staleness rule (signals carry changes only; an unchanged value sends nothing):
   merely unchanged, so the age restarts;
 * the tracker wakes only when something can change: a message, or the next deadline of a
   followed service (half the stale timeout after it was last heard: the probe; the stale
-  timeout: the silence), on the shared tick grid (``next_tick``) - never on a fixed tick;
+  timeout: the silence), on the shared tick grid (``next_tick``) - never on a fixed tick.
+  A signal that moves the earliest deadline later moves the tracker's timer with it, so a
+  service that signals every second never wakes the tracker for a probe it does not need;
 * while the controller has nothing to control (``active`` false: Not Configured, G100)
   no service is followed at all - no match rule, no probe, no deadline -, only the choice
   is kept up to date (``NameOwnerChanged``); its roles show the fault ``idle``. Made
@@ -194,6 +196,7 @@ class InputTracker:
         self.local_store: Callable[[str], Any] | None = None
         #: False: follow nothing (see the module docstring); set before ``run`` or by ``set_active``
         self.active = True
+        self._timeout: asyncio.Timeout | None = None  # the loop's wait for its next deadline
 
     # -- public --------------------------------------------------------------------------------
     async def ready(self) -> None:
@@ -264,8 +267,9 @@ class InputTracker:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
                 # that coincides with the queue delivering, and the task would never end.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(self._next_check(loop.time())):
+                    async with asyncio.timeout_at(self._next_check(loop.time())) as self._timeout:
                         event = await self._events.get()
+                self._timeout = None
                 if event is not None:
                     self._on_owner_change(*event)
                 self._probe_quiet()
@@ -296,6 +300,19 @@ class InputTracker:
         if due == math.inf:
             return None
         return next_tick(loop_now + max(0.0, due - now), self.tick)
+
+    def _postpone(self) -> None:
+        """A sign of life moved a deadline later: move the loop's timer along rather than
+        wake it for nothing (an earlier deadline goes through ``_rearm``)."""
+        timeout = self._timeout
+        if timeout is None or timeout.expired():
+            return
+        when = timeout.when()
+        if when is None:
+            return
+        later = self._next_check(asyncio.get_running_loop().time())
+        if later is None or later > when:
+            timeout.reschedule(later)
 
     def _rearm(self) -> None:
         """A deadline may lie earlier than the one the loop waits for: let it look again."""
@@ -361,9 +378,12 @@ class InputTracker:
         self._take(f, [(path, item.value) for path, item in batch.items() if path in wanted], signal=True)
 
     def _take(self, f: _Followed, values: list[tuple[str, Any]], *, signal: bool) -> None:
-        if f.heard is None:
-            self._rearm()
+        first = f.heard is None
         f.heard = self.clock()
+        if first:
+            self._rearm()
+        else:
+            self._postpone()
         if signal:
             f.signals += 1
         changed = False
