@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import Counter
 
 import anyio
@@ -119,3 +120,41 @@ async def test_a_blocks_refresh_keeps_its_rate_without_drift(dbus_address: str, 
             # the rate: one read per slot elapsed
             elapsed_slots = math.floor((dues[-1] - dues[0]) / interval + 0.5)
             assert refreshes >= elapsed_slots - 1
+
+
+@pytest.mark.asyncio
+async def test_a_device_woken_by_its_link_before_its_slot_polls_for_that_slot(dbus_address: str,
+                                                                              tmp_path) -> None:
+    """While it sleeps, a device task tells its link when its next poll is due. The link
+    wakes it earlier when the line is taken until then anyway (another unit's request
+    going out): it then reads the block due at that slot at once - it queues for its turn
+    - and its schedule goes on from that slot, neither skipping it nor reading twice."""
+    async with site_on_pty(tmp_path) as (_site, port):
+        spec = spec_for(port.path, 2, "sdm230")
+        config = fast_config(dbus_address, tmp_path / "settings.xml", [spec])
+        async with running_supervisor(config) as sup:
+            await wait_until(lambda: (t := sup.device(spec)) is not None and t.published.is_set(),
+                             timeout=15, what="meter published")
+            task = sup.device(spec)
+            link, driver = task.link, task.driver
+            interval = driver.interval(FAST)
+            fast = next(sb for sb in driver.schedule if sb.block.refresh == FAST)
+            stats = link.stats(spec.unit)
+
+            def asleep_long_enough() -> bool:  # a whole slot ahead, well before its timer
+                expected = link._expected.get(task)  # noqa: SLF001
+                return expected is not None and expected[0] - time.monotonic() > 0.6 * interval
+
+            await wait_until(asleep_long_enough, what="the device asleep until its next slot")
+            when = link._expected[task][0]  # noqa: SLF001
+            assert when == driver.poll_deadline() == fast.next_due
+            blocks = sum(1 for sb in driver.schedule if not sb.disabled and sb.next_due <= when)
+            before = stats.transactions
+            link._wake_expected(when)  # noqa: SLF001 - as a request going out would
+            await wait_until(lambda: stats.transactions >= before + blocks, timeout=0.5 * interval,
+                             what="the poll of the slot, before the slot")
+            assert time.monotonic() < when  # read ahead of its timer, not at it
+            assert fast.next_due == pytest.approx(when + interval, abs=1e-6)  # the next slot
+            await anyio.sleep(when - time.monotonic() + 0.02)
+            # not read again when its timer would have fired
+            assert stats.transactions == before + blocks
