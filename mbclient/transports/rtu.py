@@ -11,7 +11,10 @@ Line policy (times are the asyncio loop clock; ``c`` is one character time at th
    round-robin across units. The turn is held for the whole transaction and, after a
    reply while others wait, through the inter-frame gap that follows it: the next caller
    is chosen when the line may be used again, so a write prompted by that very reply
-   (a controller reacting to its grid meter) is already queued and goes first.
+   (a controller reacting to its grid meter) is already queued and goes first. A caller
+   asleep until its next poll (``LinkBase.expect``) is woken when a request goes out that
+   holds the line - reply and gap included - past that moment: it queues then, and is
+   handed the line when it frees, as it would have been had it woken on its own timer.
 2. **Inter-frame silence.** A request is sent only after ``frame_gap(baud)`` (3.5 c; 1.75 ms
    above 19200 Bd) of silence since the later of the last byte received and the end of
    our previous request on the wire. Bytes arriving meanwhile are dropped and restart the
