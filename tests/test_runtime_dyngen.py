@@ -19,6 +19,16 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 INVERTER = "com.victronenergy.pvinverter.growatt_QXB1234567"
 
 
+async def settings_declared(sup: Supervisor) -> None:
+    """Until the controller has declared its settings: the inverter's service (and its
+    /dynamicGenerationStatus, "Not Configured" from the first moment) is on the bus a
+    moment before, and a setting written before it exists is refused."""
+    assert sup.settings is not None
+    with anyio.fail_after(10):
+        while await sup.settings.get("/Settings/DynamicGeneration/energyDifference") is None:
+            await anyio.sleep(0.05)
+
+
 async def test_inverter_service_carries_the_controller(dbus_address: str, tmp_path) -> None:
     async with site_on_pty(tmp_path) as (site, port):
         config = fast_config(dbus_address, tmp_path / "settings.xml", [spec_for(port.path, 1, "growatt_min")])
@@ -28,8 +38,11 @@ async def test_inverter_service_carries_the_controller(dbus_address: str, tmp_pa
                 # unconfigured: it says so and never touches the inverter
                 await observer.wait_for(INVERTER, "/dynamicGenerationStatus", lambda v: v == "Not Configured")
                 assert site.inverter.rate == 255
-                # configured from the settings service, as the GUI or dbus-spy would do it
-                assert sup.settings is not None
+                # configured from the settings service, as the GUI or dbus-spy would do it -
+                # once the controller has declared its settings (the status item is there
+                # from the service's first moment, the settings a moment later)
+                await settings_declared(sup)
+                assert site.inverter.rate == 255
                 assert await sup.settings.set("/Settings/DynamicGeneration/energyDifference", 5.0) == 0
                 await observer.wait_for(INVERTER, "/dynamicGenerationStatus", lambda v: v == "Configured, G100")
                 assert site.inverter.rate == 255  # derating not enabled: still hands off
@@ -73,7 +86,7 @@ async def test_a_silent_meter_of_ours_puts_the_safe_limit_on_the_wire_after_the_
             async with anyio.create_task_group() as tg:
                 await tg.start(sup.run)
                 await observer.wait_for(INVERTER, "/dynamicGenerationStatus", lambda v: v == "Not Configured", 20)
-                assert sup.settings is not None
+                await settings_declared(sup)
                 await sup.settings.set("/Settings/DynamicGeneration/energyDifference", 700.0)
                 await sup.settings.set("/Settings/DynamicGeneration/derateGeneration", 1)
                 await observer.wait_for(INVERTER, "/dynamicGenerationStatus", lambda v: v == "Configured, limiting", 20)
