@@ -200,6 +200,30 @@ async def test_battery_choice_moves_when_the_followed_one_disconnects(dbus_addre
         await second.close()
 
 
+def count_passes(tracker: InputTracker) -> list[int]:
+    """Counts the passes of the tracker's loop from now on (``[n]``, updated in place)."""
+    passes = [0]
+    look = tracker._probe_quiet
+
+    def counted() -> None:
+        passes[0] += 1
+        look()
+
+    tracker._probe_quiet = counted  # called once per pass of the tracker's loop
+    return passes
+
+
+async def silence_noticed(tracker: InputTracker, grid: Publisher, *, stale_after: float) -> None:
+    """The grid service falls silent (no signals, no answers): the tracker reports it
+    within the stale timeout of its last sign of life, on the next tick, and says so."""
+    tracker.changed.clear()
+    heard = time.monotonic() - tracker.view("grid").age
+    grid.freeze()
+    await asyncio.wait_for(tracker.changed.wait(), stale_after + 2.0)
+    assert tracker.view("grid").fault == "silent"
+    assert time.monotonic() - heard < stale_after + 0.5
+
+
 @pytest.mark.asyncio
 async def test_a_quiet_input_is_looked_at_on_its_deadlines_not_on_every_tick(dbus_address):
     """Between a service's signals the tracker sleeps until its next probe or silence is
@@ -207,26 +231,13 @@ async def test_a_quiet_input_is_looked_at_on_its_deadlines_not_on_every_tick(dbu
     timeout, and the controller is told at once."""
     grid = await Publisher.start(dbus_address, "com.victronenergy.grid.deadlines", GRID_VALUES)
     tracker, task = await tracker_for(dbus_address, stale_after=2.0)
-    passes = 0
-    look = tracker._probe_quiet
-
-    def counted() -> None:
-        nonlocal passes
-        passes += 1
-        look()
-
-    tracker._probe_quiet = counted  # called once per pass of the tracker's loop
+    passes = count_passes(tracker)
     try:
         await asyncio.sleep(3.0)  # answers its probes: fresh throughout, one probe a second
         assert tracker.view("grid").fault is None
         assert 2 <= grid.calls["GetValue"] <= 5
-        assert passes <= 12, f"{passes} passes in 3 s: the tracker ticks instead of sleeping to its deadlines"
-        grid.freeze()
-        tracker.changed.clear()
-        heard = time.monotonic() - tracker.view("grid").age
-        await asyncio.wait_for(tracker.changed.wait(), 4)
-        assert tracker.view("grid").fault == "silent"
-        assert time.monotonic() - heard < 2.0 + 0.5  # the stale timeout, on the next tick
+        assert passes[0] <= 12, f"{passes[0]} passes in 3 s: the tracker ticks instead of sleeping to its deadlines"
+        await silence_noticed(tracker, grid, stale_after=2.0)
     finally:
         await stop(task)
         await grid.close()
@@ -239,17 +250,9 @@ async def test_a_service_that_signals_never_wakes_the_tracker_for_its_probe(dbus
     tracker sleeps through, no probe goes out - and its silence is still noticed on time."""
     grid = await Publisher.start(dbus_address, "com.victronenergy.grid.signalling", GRID_VALUES)
     tracker, task = await tracker_for(dbus_address, stale_after=1.0)
-    passes = 0
-    look = tracker._probe_quiet
-
-    def counted() -> None:
-        nonlocal passes
-        passes += 1
-        look()
-
     try:
         await asyncio.sleep(0.3)
-        tracker._probe_quiet = counted  # called once per pass of the tracker's loop
+        passes = count_passes(tracker)
         probes = grid.calls["GetValue"]
         for i in range(15):  # 3 s, a changed value every 0.2 s
             grid.update({"/Ac/Power": 250.0 + i})
@@ -257,13 +260,8 @@ async def test_a_service_that_signals_never_wakes_the_tracker_for_its_probe(dbus
         assert tracker.view("grid").fault is None
         assert grid.calls["GetValue"] == probes, "a service that signals was probed"
         # the old timer woke at every half stale timeout (0.5 s) since the previous pass
-        assert passes <= 2, f"{passes} passes of the tracker's loop in 3 s of signals"
-        tracker.changed.clear()
-        heard = time.monotonic() - tracker.view("grid").age
-        grid.freeze()  # neither signals nor answers now
-        await asyncio.wait_for(tracker.changed.wait(), 3)
-        assert tracker.view("grid").fault == "silent"
-        assert time.monotonic() - heard < 1.0 + 0.5  # the stale timeout, on the next tick
+        assert passes[0] <= 2, f"{passes[0]} passes of the tracker's loop in 3 s of signals"
+        await silence_noticed(tracker, grid, stale_after=1.0)
     finally:
         await stop(task)
         await grid.close()

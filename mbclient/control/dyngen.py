@@ -104,7 +104,6 @@ class Options:
     may also be given to change its default."""
 
     tick: float = 0.1  # the grid deadlines are rounded to (and the look-again period while in motion)
-    publish_interval: float = 1.0  # accepted for old configurations; the limiter's state is published on change
     call_timeout: float = 1.0  # D-Bus calls of the input tracker
     defaults: dict[str, Any] | None = None
 
@@ -114,7 +113,9 @@ class Options:
         assert opts.defaults is not None
         known_settings = {s.name for s in SETTING_TABLE}
         for key, value in (options or {}).items():
-            if key in ("tick", "publish_interval", "call_timeout"):
+            if key == "publish_interval":
+                continue  # gone: the limiter's state is published when it changes; old configurations still load
+            if key in ("tick", "call_timeout"):
                 try:
                     setattr(opts, key, float(value))
                 except (TypeError, ValueError):
