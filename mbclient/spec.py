@@ -50,6 +50,11 @@ class DeviceSpec:
         return self.target if self.target.startswith("/") else f"/dev/{self.target}"
 
     @property
+    def serial_port(self) -> str | None:
+        """The serial device path, or None for a device on the network."""
+        return self.device_path if self.is_serial else None
+
+    @property
     def link_key(self) -> tuple[str, str, int]:
         """Devices with the same key share one transport (one arbiter per serial port)."""
         if self.is_serial:

@@ -55,7 +55,7 @@ async def read_once(spec: DeviceSpec, fam, out: TextIO, timeout: float = 1.0) ->
         identity = await driver.read_identity()
         print(f"{spec}: {model.name} ({model.product_name}), serial {identity.serial}, "
               f"firmware {identity.firmware or '-'}, service com.victronenergy.{driver.role}."
-              f"{model.service_ident(identity.serial, spec.device_path if spec.is_serial else None, spec.unit)}",
+              f"{model.service_ident(identity.serial, spec.serial_port, spec.unit)}",
               file=out)
         driver.add_items()
         failed = 0

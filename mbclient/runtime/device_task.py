@@ -361,8 +361,7 @@ class DeviceTask:
             raise DuplicateDevice(f"{self.spec} and {holder} are the same device ({model.name} serial "
                                   f"{known.serial}): it runs once, through {holder}; remove one of the two")
         self.ident = ident
-        self.bus_ident = model.service_ident(known.serial, self.spec.device_path if self.spec.is_serial else None,
-                                             self.spec.unit)
+        self.bus_ident = model.service_ident(known.serial, self.spec.serial_port, self.spec.unit)
         ci = await settings.claim_device(self.ident, model.default_role, model.device_instance)
         if ci.role not in model.allowed_roles:  # a role this model cannot take (edited by hand)
             self.log.warning("stored role %r not allowed for %s; using %s", ci.role, model.name, model.default_role)

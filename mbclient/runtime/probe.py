@@ -30,7 +30,7 @@ async def probe_one(spec: DeviceSpec, links: Any, timeout: float = 1.0) -> list[
     driver = model.create(client, ItemStore(), devices.DeviceOptions(index=spec.index))
     identity = await driver.read_identity()
     model = driver.model  # a family (SunSpec) resolves to the model it found
-    bus_ident = model.service_ident(identity.serial, spec.device_path if spec.is_serial else None, spec.unit)
+    bus_ident = model.service_ident(identity.serial, spec.serial_port, spec.unit)
     rows = [
         ("model", model.name),
         ("manufacturer", str(getattr(model, "manufacturer", ""))),
