@@ -67,7 +67,27 @@ async def connect_bus(address: str | None = None) -> MessageBus:
     except Exception as exc:  # invalid address, refused, no socket, auth failure
         raise ConfigError(f"cannot connect to {describe_bus(address)}: {exc}") from None
     tolerate_full_socket(bus)
+    quiet_after_disconnect(bus)
     return bus
+
+
+def quiet_after_disconnect(bus: MessageBus) -> None:
+    """Once ``bus.disconnect()`` is called, take in what still arrives without answering it.
+
+    dbus-fast 5.2 keeps processing the messages already read after ``disconnect()`` has shut
+    the socket down, and answers method calls among them. The first answer fails on the
+    shut-down socket, which closes it; every later answer in the same batch then fails in
+    ``add_writer`` on a closed descriptor (EBADF) and is logged with a traceback -- seen as a
+    Ctrl-C that prints tracebacks while a peer (or our own settings client) is calling us.
+    A caller of a service that is going away gets no reply either way (its call fails when
+    our name goes), so this handler, registered first, claims every method call from then on.
+    """
+
+    def claim_when_leaving(msg: Message) -> bool:
+        # Calls only: a reply or error claimed here would never reach its waiting caller.
+        return msg.message_type is MessageType.METHOD_CALL and not bus.connected
+
+    bus.add_message_handler(claim_when_leaving)
 
 
 class _FullSocketTolerant:
