@@ -131,7 +131,10 @@ async def test_limits_export_and_fails_safe_whenever_the_meter_cannot_be_trusted
         await settle_limiting(rig)
         pct = rate_writes(rig.site)[-1][1]
         assert 17 <= pct <= 20  # 800 W less the 30 W import margin, of 4200 W, rounded down
-        assert rig.store[POWER] == pytest.approx(800.0, abs=60.0)  # W demanded (L = G + P)
+        # W demanded (L = G + P) is the house. G (10 Hz, D-Bus) and P (the inverter's own poll)
+        # are read at different moments, so on a loaded machine one sample may still mix an
+        # old P with a new G; the published demand settles on the house
+        await wait_until(lambda: rig.store[POWER] is not None and abs(rig.store[POWER] - 800.0) <= 60.0, timeout=5)
         # W applied: follows the inverter's read-back, so it may trail the last write by a poll
         def applied_matches_last_write() -> bool:
             applied = rig.store[POWER_MAX]
