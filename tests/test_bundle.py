@@ -274,6 +274,8 @@ def test_a_failed_install_changes_nothing(bundle: Path, tmp_path: Path) -> None:
         ["--tty", "ttyUSB0; touch X"],
         ["--tty", "$(touch X)"],
         ["--baud", "9601"],
+        ["--scan-rates", "9600 38401"],
+        ["--scan-rates", "9600;touch X"],
         ["--devices", "0:sdm230"],  # unit 0 is broadcast
         ["--devices", "1:sdm230 `touch X`"],
         ["--tty", "", "--devices", "1:sdm230"],  # a unit on no port
@@ -440,11 +442,16 @@ def test_run_script_turns_the_configuration_into_flags(bundle: Path, tmp_path: P
        "--metrics-port", "9480", "--no-start")
     app = root / "data" / "mbclient"
     args = run_args(app, tmp_path)
+    # BAUD is the listed units' rate; a scan of the port tries every model's rate, as the stock
+    # client's does (no -r), unless SCAN_RATES names some
     assert args == [
-        "-m", "mbclient", "-s", "/dev/ttyUSB0", "-r", "9600", "-m", "rtu",
+        "-m", "mbclient", "-s", "/dev/ttyUSB0", "-m", "rtu",
         "-F", "rtu:ttyUSB0:9600:1:growatt_min,rtu:ttyUSB0:9600:2,tcp:10.0.0.5:502:3",
         "--metrics-port", "9480", "--gx", f"PYTHONPATH={app}/lib",
     ]
+    sh(src / "install.sh", "--root", root, "--scan-rates", "38400,9600", "--no-start")
+    args = run_args(app, tmp_path)
+    assert args[:8] == ["-m", "mbclient", "-s", "/dev/ttyUSB0", "-m", "rtu", "-r", "38400"] and args[8:10] == ["-r", "9600"]
     # serial-starter mode: the template passes the port it was started for
     args = run_args(app, tmp_path, env={"MBCLIENT_PORT": "ttyUSB3"})
     assert "/dev/ttyUSB3" in args and "rtu:ttyUSB3:9600:1:growatt_min,rtu:ttyUSB3:9600:2,tcp:10.0.0.5:502:3" in args

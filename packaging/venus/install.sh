@@ -26,8 +26,10 @@ usage() {
 usage: install.sh [options]
   --tty NAME            serial port (name under /dev), e.g. ttyUSB0; --tty '' for none
                         (network devices only: no serial port is taken)
-  --baud N              baud rate (default 9600): 1200 2400 4800 9600 14400 19200 38400
-                        57600 115200 230400
+  --baud N              baud rate of the --devices units on --tty (default 9600): 1200 2400
+                        4800 9600 14400 19200 38400 57600 115200 230400
+  --scan-rates LIST     rates a scan of --tty tries, in order, e.g. "9600 38400"
+                        (default: every supported model's factory rate, 9600 first)
   --mode rtu|ascii      serial framing (default rtu)
   --devices LIST        devices, e.g. "1:growatt_min 2:sdm230" (unit:model on --tty) or
                         full specs such as tcp:192.168.1.50:502:1
@@ -77,6 +79,10 @@ check_baud() {
     for b in $BAUDS; do [ "$1" = "$b" ] && return 0; done
     return 1
 }
+check_rates() {  # baud rates, comma or space separated; empty = the models' own rates
+    case $1 in *[!0-9,\ ]*) return 1 ;; esac
+    for r in $(echo "$1" | tr ',' ' '); do check_baud "$r" || return 1; done
+}
 check_devices() {  # "unit[:model]" entries or full specs, comma or space separated
     case $1 in *[!A-Za-z0-9:._,/\ \[\]-]*) return 1 ;; esac
     for d in $(echo "$1" | tr ',' ' '); do
@@ -119,6 +125,9 @@ while [ $# -gt 0 ]; do
         --baud)
             check_baud "$2" || die "bad --baud '$2' (one of $BAUDS)"
             want BAUD "$2" ;;
+        --scan-rates)
+            check_rates "$2" || die "bad --scan-rates '$2' (each one of $BAUDS)"
+            want SCAN_RATES "'$2'" ;;
         --mode)
             case $2 in rtu|ascii) ;; *) die "--mode is rtu or ascii, not '$2'" ;; esac
             want MODE "$2" ;;
@@ -204,7 +213,7 @@ while IFS= read -r kv; do
 done <"$work/keys"
 
 effective() {  # the configuration's values, as service/run and boot.sh will see them
-    TTY= BAUD=9600 MODE=rtu DEVICES= PORT_OWNER=stop-tty ADAPTER_MATCH= STOCK_NETWORK=auto METRICS_PORT=
+    TTY= BAUD=9600 SCAN_RATES= MODE=rtu DEVICES= PORT_OWNER=stop-tty ADAPTER_MATCH= STOCK_NETWORK=auto METRICS_PORT=
     # shellcheck disable=SC1090,SC1091
     . "$work/mbclient.conf"
     TTY=${TTY#/dev/}
@@ -214,6 +223,7 @@ effective
 problem=
 check_tty "$TTY" || problem="bad TTY '$TTY'"
 check_baud "$BAUD" || problem="bad BAUD '$BAUD' (one of $BAUDS)"
+check_rates "$SCAN_RATES" || problem="bad SCAN_RATES '$SCAN_RATES' (each one of $BAUDS)"
 case $MODE in rtu|ascii) ;; *) problem="bad MODE '$MODE' (rtu or ascii)" ;; esac
 check_devices "$DEVICES" || problem="bad DEVICES '$DEVICES'"
 [ -z "$METRICS_PORT" ] || check_port "$METRICS_PORT" || problem="bad METRICS_PORT '$METRICS_PORT'"
