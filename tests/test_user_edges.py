@@ -7,13 +7,34 @@ import asyncio
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 from test_cli_run import ROOT, finish, running_cli, start_cli
 from test_runtime_support import Observer, site_on_pty, spec_for
 
+import mbclient
+
 pytestmark = pytest.mark.asyncio
 METER = "com.victronenergy.grid.eastron_23000123"
+PACKAGE = str(Path(mbclient.__file__).resolve().parent) + "/"
+
+
+def interrupted_while_python_started(err: str) -> bool:
+    """Ctrl-C while the interpreter itself was still starting (site, a .pth hook, runpy):
+    Python prints that KeyboardInterrupt before a line of mbclient runs, as it does for any
+    program. Seen on a loaded machine at the 0.15 s delay. Any frame or log line of ours
+    means our code ran, and then a traceback is ours."""
+    return (err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt")
+            and PACKAGE not in err and "mbclient." not in err)
+
+
+def assert_clean_stop(delay: float, code: int | None, err: str) -> None:
+    if interrupted_while_python_started(err):
+        return  # (exit status 1, or -SIGINT: whatever Python makes of it)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+    # 0, or killed by the signal before Python installed its handler (a loaded machine)
+    assert code in (0, -signal.SIGINT), (delay, code, err)
 
 
 async def run_module(*args: str, timeout: float = 30) -> tuple[int, str, str]:
@@ -41,9 +62,7 @@ async def test_ctrl_c_in_the_first_second_is_a_clean_stop(dbus_address: str, tmp
             await asyncio.sleep(delay)
             proc.send_signal(signal.SIGINT)
             code, _out, err = await finish(proc)
-            assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
-            # 0, or killed by the signal before Python installed its handler (a loaded machine)
-            assert code in (0, -signal.SIGINT), (delay, code, err)
+            assert_clean_stop(delay, code, err)
 
 
 @pytest.mark.timeout(60)
@@ -59,8 +78,7 @@ async def test_ctrl_c_during_a_probe_is_a_clean_stop(tmp_path) -> None:
             await asyncio.sleep(delay)
             proc.send_signal(signal.SIGINT)
             code, out, err = await finish(proc)
-            assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
-            assert code in (0, -signal.SIGINT), (delay, code, err)
+            assert_clean_stop(delay, code, err)
     finally:
         silent.close()
 
