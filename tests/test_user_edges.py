@@ -77,7 +77,7 @@ async def test_ctrl_c_during_a_probe_is_a_clean_stop(tmp_path) -> None:
             proc = await start_cli("-P", f"tcp:127.0.0.1:{port}:1")
             await asyncio.sleep(delay)
             proc.send_signal(signal.SIGINT)
-            code, out, err = await finish(proc)
+            code, _out, err = await finish(proc)
             assert_clean_stop(delay, code, err)
     finally:
         silent.close()
